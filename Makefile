@@ -1,0 +1,73 @@
+# moat - build, deps, run, test.  See README.md.
+CC      ?= cc
+PKGS    := lua5.4 libevent libevent_pthreads libcares openssl
+DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
+           libcrypt-dev lua-busted lua-socket dnsmasq-base rbldnsd swaks
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool
+OBJ     := $(CORE:%=build/%.o) build/main.o
+ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
+UNIT    := iplist dns address
+BUSTED  := lua5.4 /usr/bin/busted
+
+.PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench
+
+all: deps-check moat moatctl
+
+# Install the Debian packages when root; otherwise print the line to run.
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "deps: all installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	else echo "deps: missing packages; run:"; echo "  sudo apt-get install -y $$missing"; exit 1; fi
+
+deps-check:
+	@pkg-config --exists $(PKGS) || { echo "missing libraries: run 'make deps' (as root) first"; exit 1; }
+
+build build/asan:
+	@mkdir -p $@
+
+build/%.o: src/%.c src/*.h | build
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+build/asan/%.o: src/%.c src/*.h | build/asan
+	$(CC) $(CFLAGS) $(SAN) -c -o $@ $<
+
+moat: $(OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+moatctl: src/moatctl.c
+	$(CC) $(CFLAGS) -o $@ $<
+
+build/moat-asan: $(ASANOBJ)
+	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS)
+
+build/test_%: tests/unit/test_%.c $(ASANOBJ) | build
+	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ $< $(filter-out build/asan/main.o,$(ASANOBJ)) $(LDLIBS)
+
+run: deps all
+	@mkdir -p var
+	./moat -c conf/moat.conf
+
+check: all
+	./moat -c conf/moat.conf --check
+
+# Every suite prints "N passed, N failed"; tests/summarize adds them up.
+test: deps all build/moat-asan $(UNIT:%=build/test_%)
+	@tests/run-all
+
+test-asan: test
+
+bench: all
+	@bench/run
+
+clean:
+	rm -rf build moat moatctl

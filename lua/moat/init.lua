@@ -1,0 +1,57 @@
+-- moat: the module policies and site scripts require.
+--
+-- Verdict constructors live here; the asynchronous calls (sleep, dns) and the
+-- shared state (lists, temporary blocks) come from the C core ("moat.core")
+-- and suspend only the calling session's coroutine.
+local core = require "moat.core"
+
+local M = {}
+
+local Verdict = { __name = "moat.verdict" }
+Verdict.__index = Verdict
+
+local function verdict(action, code, text)
+  return setmetatable({ action = action, code = code, text = text }, Verdict)
+end
+
+function M.is_verdict(v) return getmetatable(v) == Verdict end
+
+local function check_code(code, lo, hi, what)
+  if math.type(code) ~= "integer" or code < lo or code > hi then
+    error(("%s: reply code must be an integer %d..%d, got %s"):format(what, lo, hi, tostring(code)), 3)
+  end
+end
+
+local function check_text(text, what)
+  if text ~= nil and type(text) ~= "string" then error(what .. ": text must be a string", 3) end
+end
+
+function M.accept() return verdict("accept") end
+
+function M.reject(code, text)
+  check_code(code, 400, 599, "moat.reject")
+  check_text(text, "moat.reject")
+  return verdict("reject", code, text)
+end
+
+function M.tempfail(text)
+  check_text(text, "moat.tempfail")
+  return verdict("tempfail", 451, text)
+end
+
+function M.drop(code, text)
+  code = code or 421
+  check_code(code, 400, 599, "moat.drop")
+  check_text(text, "moat.drop")
+  return verdict("drop", code, text)
+end
+
+function M.discard() return verdict("discard") end
+
+M.sleep = core.sleep
+M.log = core.log
+M.list = core.list
+M.dns = { query = core.dns_query }
+M.tempblock = core.tempblock
+
+return M

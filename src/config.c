@@ -1,0 +1,312 @@
+/* config.c - copy the validated Lua config table into struct config. */
+#include "config.h"
+#include "iplist.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char *const ip_table_names[T_NTABLES] = {
+    "client_ips", "lan_ips", "denied_ips", "blacklisted_ips", "unblacklistable_ips", "cluster_ips",
+};
+
+static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+
+/* Field getters on the table at the top of the stack. */
+static char *get_str(lua_State *L, const char *key, const char *def)
+{
+    lua_getfield(L, -1, key);
+    const char *v = lua_isstring(L, -1) ? lua_tostring(L, -1) : def;
+    char *r = xstrdup(v);
+    lua_pop(L, 1);
+    return r;
+}
+
+static long get_int(lua_State *L, const char *key, long def)
+{
+    lua_getfield(L, -1, key);
+    long v = lua_isinteger(L, -1) ? (long)lua_tointeger(L, -1) : def;
+    lua_pop(L, 1);
+    return v;
+}
+
+static void read_string_list(lua_State *L, const char *key, char ***out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    lua_getfield(L, -1, key);
+    if (lua_istable(L, -1)) {
+        int len = (int)luaL_len(L, -1);
+        *out = calloc((size_t)len + 1, sizeof **out);
+        for (int i = 1; i <= len; i++) {
+            lua_rawgeti(L, -1, i);
+            (*out)[(*n)++] = xstrdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static int read_dns(lua_State *L, struct config *c)
+{
+    c->dns_timeout_ms = 500;
+    c->dns_tries = 2;
+    c->dns_servers = strdup("");
+    lua_getfield(L, -1, "dns");
+    if (lua_istable(L, -1)) {
+        c->dns_timeout_ms = (int)get_int(L, "timeout_ms", 500);
+        c->dns_tries = (int)get_int(L, "tries", 2);
+        char **servers;
+        int n;
+        read_string_list(L, "servers", &servers, &n);
+        size_t cap = 1;
+        for (int i = 0; i < n; i++)
+            cap += strlen(servers[i]) + 1;
+        free(c->dns_servers);
+        c->dns_servers = calloc(1, cap);
+        for (int i = 0; i < n; i++) {
+            if (i)
+                strcat(c->dns_servers, ",");
+            strcat(c->dns_servers, servers[i]);
+            free(servers[i]);
+        }
+        free(servers);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Two sockets conflict when the ports match and either the addresses are the
+ * same or one of them is "all" (seed 000: an "all" socket owns the port). */
+static int sockets_conflict(const struct sock_conf *a, const struct sock_conf *b)
+{
+    if (a->port != b->port)
+        return 0;
+    return strcasecmp(a->address, "all") == 0 || strcasecmp(b->address, "all") == 0 ||
+           strcasecmp(a->address, b->address) == 0;
+}
+
+static int read_socket(lua_State *L, struct config *c, struct listener_conf *l, int i,
+                       int line, char *err, size_t errlen)
+{
+    struct sock_conf *s = &l->socks[i];
+    s->port = (int)get_int(L, "port", 0);
+    s->address = get_str(L, "address", "all");
+    char *tls = get_str(L, "tls", "off");
+    s->tls = strcmp(tls, "on") == 0 ? TLS_ON : strcmp(tls, "ext") == 0 ? TLS_EXT : TLS_OFF;
+    free(tls);
+    char *r = get_str(L, "restrict", "none");
+    s->restrict_mode = strcmp(r, "grant") == 0 ? RESTRICT_GRANT
+                     : strcmp(r, "deny") == 0  ? RESTRICT_DENY : RESTRICT_NONE;
+    free(r);
+    s->remote_text = get_str(L, "remote", NULL);
+    if (strcasecmp(s->address, "all") != 0) {
+        unsigned char key[16];
+        if (ip_key_from_str(s->address, key) != 0) {
+            snprintf(err, errlen, "%s:%d: listener '%s' socket %d: address '%s' is not an IP address or \"all\"",
+                     c->path, line, l->name, i + 1, s->address);
+            return -1;
+        }
+    }
+    if (s->remote_text) {
+        char name[512];
+        snprintf(name, sizeof name, "%s:%d: listener '%s' socket %d remote", c->path, line, l->name, i + 1);
+        s->remote = iplist_new();
+        char perr[1024];
+        if (iplist_parse(s->remote, s->remote_text, strlen(s->remote_text), name, 1, 1, perr, sizeof perr) != 0) {
+            snprintf(err, errlen, "%s", perr);
+            return -1;
+        }
+        iplist_finish(s->remote);
+    }
+    return 0;
+}
+
+static int check_socket_conflicts(struct config *c, char *err, size_t errlen)
+{
+    for (int a = 0; a < c->nlisteners; a++)
+        for (int i = 0; i < c->listeners[a].nsocks; i++)
+            for (int b = a; b < c->nlisteners; b++)
+                for (int j = (b == a ? i + 1 : 0); j < c->listeners[b].nsocks; j++) {
+                    struct sock_conf *x = &c->listeners[a].socks[i], *y = &c->listeners[b].socks[j];
+                    if (!sockets_conflict(x, y))
+                        continue;
+                    snprintf(err, errlen,
+                             "%s: listener '%s' socket %d (%s port %d) and listener '%s' socket %d (%s port %d) use the same port and address",
+                             c->path, c->listeners[a].name, i + 1, x->address, x->port,
+                             c->listeners[b].name, j + 1, y->address, y->port);
+                    return -1;
+                }
+    return 0;
+}
+
+static int read_listener(lua_State *L, struct config *c, struct listener_conf *l, char *err, size_t errlen)
+{
+    int line = (int)get_int(L, "line", 0);
+    l->name = get_str(L, "name", "smtp");
+    l->limit_per_address = (int)get_int(L, "limit_per_address", 0);
+    l->limit_non_client = (int)get_int(L, "limit_non_client", 0);
+    l->reserve_for_clients = (int)get_int(L, "reserve_for_clients", 0);
+    l->max_connections = (int)get_int(L, "max_connections", 0);
+    if (l->limit_per_address && l->limit_non_client > l->limit_per_address) {
+        snprintf(err, errlen, "%s:%d: listener '%s': limit_non_client (%d) must not exceed limit_per_address (%d)",
+                 c->path, line, l->name, l->limit_non_client, l->limit_per_address);
+        return -1;
+    }
+    if (l->max_connections && l->reserve_for_clients >= l->max_connections) {
+        snprintf(err, errlen, "%s:%d: listener '%s': reserve_for_clients (%d) must be below max_connections (%d)",
+                 c->path, line, l->name, l->reserve_for_clients, l->max_connections);
+        return -1;
+    }
+    lua_getfield(L, -1, "sockets");
+    l->nsocks = (int)luaL_len(L, -1);
+    l->socks = calloc((size_t)l->nsocks, sizeof *l->socks);
+    int rc = 0;
+    for (int i = 0; i < l->nsocks && rc == 0; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        rc = read_socket(L, c, l, i, line, err, errlen);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+static int read_listeners(lua_State *L, struct config *c, char *err, size_t errlen)
+{
+    lua_getfield(L, -1, "listeners");
+    c->nlisteners = (int)luaL_len(L, -1);
+    c->listeners = calloc((size_t)c->nlisteners + 1, sizeof *c->listeners);
+    int rc = 0;
+    for (int i = 0; i < c->nlisteners && rc == 0; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        rc = read_listener(L, c, &c->listeners[i], err, errlen);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (rc == 0 && c->nlisteners == 0) {
+        snprintf(err, errlen, "%s: no listener is configured: add listener \"smtp\" { { port = 25 } }", c->path);
+        rc = -1;
+    }
+    return rc ? rc : check_socket_conflicts(c, err, errlen);
+}
+
+static int read_ip_tables(lua_State *L, struct config *c, char *err, size_t errlen)
+{
+    lua_getfield(L, -1, "tables");
+    int rc = 0;
+    if (lua_istable(L, -1)) {
+        for (int t = 0; t < T_NTABLES && rc == 0; t++) {
+            char *path = get_str(L, ip_table_names[t], NULL);
+            if (path) {
+                c->ip[t] = iplist_new();
+                rc = iplist_load_file(c->ip[t], path, err, errlen);
+                free(path);
+            }
+        }
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+static void read_limits(lua_State *L, struct config *c)
+{
+    c->max_message_size = 10L * 1024 * 1024;
+    c->max_recipients = 100;
+    c->timeout_s = 300;
+    c->max_errors = 10;
+    c->greet_delay_ms = 0;
+    c->max_line_length = 65536;
+    lua_getfield(L, -1, "smtp");
+    if (lua_istable(L, -1)) {
+        c->max_message_size = get_int(L, "max_message_size", c->max_message_size);
+        c->max_recipients = (int)get_int(L, "max_recipients", c->max_recipients);
+        c->timeout_s = (int)get_int(L, "timeout", c->timeout_s);
+        c->max_errors = (int)get_int(L, "max_errors", c->max_errors);
+        c->greet_delay_ms = (int)get_int(L, "greet_delay_ms", 0);
+        c->max_line_length = (int)get_int(L, "max_line_length", c->max_line_length);
+    }
+    lua_pop(L, 1);
+    c->lua_budget = 1000000;
+    c->lua_memory_mb = 256;
+    lua_getfield(L, -1, "lua");
+    if (lua_istable(L, -1)) {
+        c->lua_budget = get_int(L, "budget", c->lua_budget);
+        c->lua_memory_mb = get_int(L, "memory_mb", c->lua_memory_mb);
+    }
+    lua_pop(L, 1);
+}
+
+int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen)
+{
+    lua_pushvalue(L, idx);
+    char host[256] = "localhost";
+    gethostname(host, sizeof host - 1);
+    c->server_name = get_str(L, "server_name", host);
+    c->main_domain = get_str(L, "main_domain", c->server_name);
+    for (char *p = c->main_domain; *p; p++)
+        *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    read_string_list(L, "local_domains", &c->local_domains, &c->nlocal_domains);
+    c->spool_dir = get_str(L, "spool_dir", NULL);
+    c->spool_threads = (int)get_int(L, "spool_threads", 4);
+    c->control_socket = get_str(L, "control_socket", NULL);
+    c->log_level = get_str(L, "log_level", "info");
+    int rc = 0;
+    if (!c->spool_dir) {
+        snprintf(err, errlen, "%s: spool_dir is not set", c->path);
+        rc = -1;
+    }
+    read_dns(L, c);
+    read_limits(L, c);
+    if (rc == 0)
+        rc = read_listeners(L, c, err, errlen);
+    if (rc == 0)
+        rc = read_ip_tables(L, c, err, errlen);
+    lua_pop(L, 1);
+    return rc;
+}
+
+int config_is_local_domain(const struct config *c, const char *domain)
+{
+    if (!domain)
+        return 0;
+    if (c->main_domain && strcasecmp(domain, c->main_domain) == 0)
+        return 1;
+    for (int i = 0; i < c->nlocal_domains; i++)
+        if (strcasecmp(domain, c->local_domains[i]) == 0)
+            return 1;
+    return 0;
+}
+
+void config_free(struct config *c)
+{
+    if (!c)
+        return;
+    free(c->path);
+    free(c->server_name);
+    free(c->main_domain);
+    for (int i = 0; i < c->nlocal_domains; i++)
+        free(c->local_domains[i]);
+    free(c->local_domains);
+    free(c->spool_dir);
+    free(c->control_socket);
+    free(c->dns_servers);
+    free(c->log_level);
+    for (int i = 0; i < c->nlisteners; i++) {
+        struct listener_conf *l = &c->listeners[i];
+        for (int j = 0; j < l->nsocks; j++) {
+            free(l->socks[j].address);
+            free(l->socks[j].remote_text);
+            iplist_free(l->socks[j].remote);
+        }
+        free(l->socks);
+        free(l->name);
+    }
+    free(c->listeners);
+    for (int t = 0; t < T_NTABLES; t++)
+        iplist_free(c->ip[t]);
+    memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,82 @@
+/* config.h - the validated configuration (conf/moat.conf), as C structs.
+ *
+ * lua/moat/config.lua runs the file in a sandbox and checks every key; this
+ * module copies the result into plain structs and does the checks that need
+ * the whole picture (duplicate sockets, limits that depend on each other,
+ * address lists). */
+#ifndef MOAT_CONFIG_H
+#define MOAT_CONFIG_H
+
+#include <stddef.h>
+
+struct lua_State;
+typedef struct iplist iplist;
+
+enum tls_mode { TLS_OFF, TLS_ON, TLS_EXT };
+enum restrict_mode { RESTRICT_NONE, RESTRICT_GRANT, RESTRICT_DENY };
+
+struct sock_conf {
+    int port;
+    char *address;            /* "all" or a literal address */
+    enum tls_mode tls;
+    enum restrict_mode restrict_mode;
+    iplist *remote;           /* grant/deny list, NULL with RESTRICT_NONE */
+    char *remote_text;        /* as written, to tell whether a reload changed it */
+};
+
+struct listener_conf {
+    char *name;
+    struct sock_conf *socks;
+    int nsocks;
+    int limit_per_address;    /* 0 = no limit */
+    int limit_non_client;
+    int reserve_for_clients;
+    int max_connections;
+};
+
+/* Address tables kept in C because the core needs them before any Lua runs. */
+enum ip_table {
+    T_CLIENT, T_LAN, T_DENIED, T_BLACKLISTED, T_UNBLACKLISTABLE, T_CLUSTER, T_NTABLES
+};
+extern const char *const ip_table_names[T_NTABLES];
+
+struct config {
+    char *path;               /* as given on the command line */
+    char *server_name;
+    char *main_domain;
+    char **local_domains;
+    int nlocal_domains;
+    char *spool_dir;
+    int spool_threads;
+    char *control_socket;
+    char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
+    int dns_timeout_ms, dns_tries;
+    char *log_level;
+
+    struct listener_conf *listeners;
+    int nlisteners;
+
+    iplist *ip[T_NTABLES];    /* NULL when the table is not configured */
+
+    /* SMTP limits (smtp = { ... }) */
+    long max_message_size;
+    int max_recipients;
+    int timeout_s;
+    int max_errors;
+    int greet_delay_ms;
+    int max_line_length;
+
+    /* Lua limits (lua = { ... }) */
+    long lua_budget;
+    long lua_memory_mb;
+};
+
+/* Build *c from the table at stack index idx (as returned by moat.config.load).
+ * Returns 0, or -1 with err set to "file:line: problem". */
+int config_from_lua(struct lua_State *L, int idx, struct config *c, char *err, size_t errlen);
+void config_free(struct config *c);
+
+/* Is domain (lower case) one of local_domains or the main domain? */
+int config_is_local_domain(const struct config *c, const char *domain);
+
+#endif

@@ -1,0 +1,25 @@
+/* listener.h - listener sockets (seed 000 "Listeners").
+ *
+ * A listener holds several sockets; each is a port plus one local address or
+ * "all" (every IPv4 and IPv6 address).  Connections refused by denied_ips or
+ * by the socket's grant/deny list are closed before any greeting. */
+#ifndef MOAT_LISTENER_H
+#define MOAT_LISTENER_H
+
+#include <stddef.h>
+
+struct config;
+struct sock_conf;
+
+struct listener_sock {
+    int listener_index, sock_index;   /* into the current config */
+    int tls;                          /* enum tls_mode */
+    char desc[80];                    /* "127.0.0.1:2525" for logs */
+    struct evconnlistener *evl;
+};
+
+int listeners_open(const struct config *cfg, char *err, size_t errlen);
+void listeners_close(void);   /* stop accepting */
+void listeners_free(void);    /* after every session has ended */
+
+#endif

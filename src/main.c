@@ -1,0 +1,196 @@
+/* main.c - moat: command line, startup, signals, reload, shutdown. */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+
+#include "control.h"
+#include "dns.h"
+#include "listener.h"
+#include "log.h"
+#include "runtime.h"
+#include "server.h"
+#include "smtp.h"
+#include "spool.h"
+
+struct server srv;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moat -c CONFIG [--check]\n"
+               "  -c CONFIG   configuration file (Lua syntax, see README)\n"
+               "  --check     load the config, every table and every script; report the first error\n");
+}
+
+static void apply_log_level(const struct config *c)
+{
+    static const char *names[] = { "debug", "info", "warn", "error" };
+    for (int i = 0; i < 4; i++)
+        if (strcmp(c->log_level, names[i]) == 0)
+            log_set_level((enum log_level)i);
+}
+
+/* Listener sockets are opened once at startup; a reload that changes them
+ * is refused, so that what runs always matches what the config says. */
+static int same_listeners(const struct config *a, const struct config *b)
+{
+    if (a->nlisteners != b->nlisteners)
+        return 0;
+    for (int i = 0; i < a->nlisteners; i++) {
+        const struct listener_conf *x = &a->listeners[i], *y = &b->listeners[i];
+        if (x->nsocks != y->nsocks)
+            return 0;
+        for (int j = 0; j < x->nsocks; j++)
+            if (x->socks[j].port != y->socks[j].port || x->socks[j].tls != y->socks[j].tls ||
+                strcasecmp(x->socks[j].address, y->socks[j].address) != 0)
+                return 0;
+    }
+    return 1;
+}
+
+int server_reload(char *err, size_t errlen)
+{
+    struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
+    if (rt && !same_listeners(&rt->cfg, &srv.rt->cfg)) {
+        snprintf(err, errlen, "%s: listener sockets changed: restart moat to apply", rt->cfg.path);
+        runtime_unref(rt);
+        rt = NULL;
+    }
+    if (!rt) {
+        srv.stats.reloads_failed++;
+        log_kv(LOG_ERR, "reload_failed", "error", err, NULL);
+        return -1;
+    }
+    struct runtime *old = srv.rt;
+    srv.rt = rt;      /* new sessions start here; running ones keep theirs */
+    runtime_unref(old);
+    apply_log_level(&rt->cfg);
+    srv.stats.reloads_ok++;
+    char gen[32];
+    snprintf(gen, sizeof gen, "%lu", rt->generation);
+    log_kv(LOG_INFO, "reloaded", "generation", gen, NULL);
+    return 0;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    (void)arg;
+    char err[2048];
+    server_reload(err, sizeof err);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    (void)arg;
+    log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
+    srv.stopping = 1;
+    event_base_loopbreak(srv.base);
+}
+
+static int check_only(const char *path)
+{
+    char err[4096];
+    struct runtime *rt = runtime_load(path, err, sizeof err);
+    if (!rt) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    printf("%s: ok (%d listener%s, policies and scripts loaded)\n", path, rt->cfg.nlisteners,
+           rt->cfg.nlisteners == 1 ? "" : "s");
+    runtime_unref(rt);
+    return 0;
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int start(const char *path, char *err, size_t errlen)
+{
+    srv.rt = runtime_load(path, err, errlen);
+    if (!srv.rt)
+        return -1;
+    const struct config *c = &srv.rt->cfg;
+    apply_log_level(c);
+    srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, err, errlen);
+    if (!srv.spool)
+        return -1;
+    srv.dns = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, errlen);
+    if (!srv.dns)
+        return -1;
+    if (c->control_socket && control_open(c->control_socket, err, errlen) != 0)
+        return -1;
+    return listeners_open(c, err, errlen);
+}
+
+int main(int argc, char **argv)
+{
+    const char *config = NULL;
+    int check = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+            config = argv[++i];
+        else if (strcmp(argv[i], "--check") == 0)
+            check = 1;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config) {
+        usage(stderr);
+        return 2;
+    }
+    if (check)
+        return check_only(config);
+
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+    evthread_use_pthreads();
+    srv.base = event_base_new();
+    char err[4096];
+    int rc = 0;
+    if (start(config, err, sizeof err) != 0) {
+        fprintf(stderr, "moat: %s\n", err);
+        log_kv(LOG_ERR, "startup_failed", "error", err, NULL);
+        rc = 1;
+    } else {
+        struct event *hup = evsignal_new(srv.base, SIGHUP, on_hup, NULL);
+        struct event *term = evsignal_new(srv.base, SIGTERM, on_term, NULL);
+        struct event *intr = evsignal_new(srv.base, SIGINT, on_term, NULL);
+        event_add(hup, NULL);
+        event_add(term, NULL);
+        event_add(intr, NULL);
+        log_kv(LOG_INFO, "started", "config", config, NULL);
+        event_base_dispatch(srv.base);
+        event_free(hup);
+        event_free(term);
+        event_free(intr);
+    }
+    listeners_close();
+    control_close();
+    smtp_close_all();
+    spool_close(srv.spool);    /* finishes queued writes: nothing half-written */
+    dns_free(srv.dns);
+    runtime_unref(srv.rt);
+    listeners_free();
+    event_base_free(srv.base);
+    log_kv(LOG_INFO, "stopped", NULL);
+    return rc;
+}

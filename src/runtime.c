@@ -1,0 +1,70 @@
+/* runtime.c - load and reference-count configuration generations. */
+#include "runtime.h"
+
+#include <lua.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static unsigned long next_generation = 1;
+
+const char *runtime_root(void)
+{
+    static char root[PATH_MAX];
+    if (root[0])
+        return root;
+    const char *env = getenv("MOAT_ROOT");
+    if (env && *env) {
+        snprintf(root, sizeof root, "%s", env);
+        return root;
+    }
+    ssize_t n = readlink("/proc/self/exe", root, sizeof root - 1);
+    if (n <= 0) {
+        snprintf(root, sizeof root, ".");
+        return root;
+    }
+    root[n] = '\0';
+    char *slash = strrchr(root, '/');
+    if (slash)
+        *slash = '\0';
+    return root;
+}
+
+struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
+{
+    struct runtime *rt = calloc(1, sizeof *rt);
+    rt->refs = 1;
+    rt->generation = next_generation++;
+    rt->cfg.path = strdup(config_path);
+    rt->mem_limit = 256u << 20;   /* until the config says otherwise */
+    rt->L = lb_state_new(rt);
+    if (!rt->L) {
+        snprintf(err, errlen, "%s: cannot create a Lua state", config_path);
+        runtime_unref(rt);
+        return NULL;
+    }
+    if (lb_load_config(rt, config_path, err, errlen) != 0 ||
+        lb_load_policies(rt, err, errlen) != 0) {
+        runtime_unref(rt);
+        return NULL;
+    }
+    return rt;
+}
+
+struct runtime *runtime_ref(struct runtime *rt)
+{
+    rt->refs++;
+    return rt;
+}
+
+void runtime_unref(struct runtime *rt)
+{
+    if (!rt || --rt->refs > 0)
+        return;
+    if (rt->L)
+        lua_close(rt->L);
+    config_free(&rt->cfg);
+    free(rt);
+}

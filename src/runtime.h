@@ -1,0 +1,34 @@
+/* runtime.h - one generation of configuration: settings, tables, Lua state.
+ *
+ * A reload builds a complete new runtime and only then makes it current; a
+ * session keeps a reference to the runtime it started on, so in-flight
+ * sessions finish on their own state and the old state is freed when the last
+ * of them ends. */
+#ifndef MOAT_RUNTIME_H
+#define MOAT_RUNTIME_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "lua_bridge.h"
+
+struct runtime {
+    int refs;
+    unsigned long generation;
+    struct config cfg;
+    struct lua_State *L;
+    int run_ref;                   /* registry ref of the chain's run(phase, s, ...) */
+    unsigned phase_mask;           /* 1 << phase for phases that have hooks */
+    size_t mem_used, mem_limit;    /* Lua allocator accounting */
+    struct lb_session *current;    /* the session whose hook is running now */
+};
+
+/* Where lua/ and policies/ live: the directory of the moat binary, or $MOAT_ROOT. */
+const char *runtime_root(void);
+
+/* Load a configuration completely; NULL with err = "file:line: problem". */
+struct runtime *runtime_load(const char *config_path, char *err, size_t errlen);
+struct runtime *runtime_ref(struct runtime *rt);
+void runtime_unref(struct runtime *rt);
+
+#endif

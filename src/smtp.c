@@ -1,0 +1,1147 @@
+/* smtp.c - the SMTP server state machine (RFC 5321).
+ *
+ * One session per connection, driven by libevent.  Commands are read line by
+ * line from a bounded input buffer and dispatched through a table.  When a
+ * command needs the policy chain, the session is marked busy and reading
+ * stops until the verdict arrives (synchronously, or later when a hook's
+ * DNS query or sleep completes), so pipelined commands are answered in order.
+ *
+ * Limits (all named in conf smtp = { ... } or below): command lines
+ * CMD_LINE_MAX, text lines smtp.max_line_length, message smtp.max_message_size,
+ * recipients smtp.max_recipients, protocol errors smtp.max_errors, idle
+ * smtp.timeout, and pending output OUT_MAX. */
+#include "smtp.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "address.h"
+#include "iplist.h"
+#include "listener.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "runtime.h"
+#include "server.h"
+#include "spool.h"
+
+#define CMD_LINE_MAX 2048          /* RFC 5321 says 512; extensions need more */
+#define OUT_MAX (256 * 1024)       /* stop reading while the client does not read */
+#define HEADER_FIELD_MAX (64 * 1024)
+
+enum sstate { S_INIT, S_GREETED, S_HELO, S_MAIL, S_RCPT, S_DATA };
+
+struct rcpt {
+    char *raw;
+    struct route route;
+    int discard;
+};
+
+struct session {
+    struct session *prev, *next;  /* all open sessions, for shutdown */
+    char id[32];
+    struct bufferevent *bev;
+    struct runtime *rt;
+    struct lb_session lb;
+    struct listener_sock *lsock;
+    struct event *greet_timer;
+    char ip[64], local_ip[64];
+    int port, local_port;
+    enum sstate state;
+    int busy;                     /* waiting for a hook or the spool */
+    enum phase pending;           /* which hook we wait for */
+    int closing;                  /* close once the output is flushed */
+    int skipping_line;            /* discarding an overlong line */
+    int esmtp;
+    int errors;
+    char helo[256];
+    const char *client_status;
+
+    /* transaction */
+    char *from;
+    int smtputf8, body_8bit, discard_all;
+    struct rcpt *rcpts;
+    int nrcpts;
+    struct smtp_path pending_rcpt;
+
+    /* DATA */
+    struct evbuffer *msg;
+    size_t msg_size;
+    int too_big, line_too_long;
+    int prev_crlf;
+    int in_header;
+    struct evbuffer *field;       /* the header field being collected */
+    struct verdict kept;          /* first data_line verdict, given after the dot */
+    int have_kept;
+    int eod_pending;              /* the final dot came while a hook ran */
+    struct spool_job *job;
+    char qid[32];
+};
+
+static int open_sessions;
+static struct session *all_sessions;
+static unsigned long session_serial;
+
+static void process_input(struct session *s);
+static void session_free(struct session *s);
+static void on_hook_done(void *owner, const struct verdict *v);
+
+int smtp_sessions_open(void) { return open_sessions; }
+
+void smtp_close_all(void)
+{
+    while (all_sessions)
+        session_free(all_sessions);
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void reply(struct session *s, const char *fmt, ...)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(out, fmt, ap);
+    va_end(ap);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+static void close_after_reply(struct session *s)
+{
+    s->closing = 1;
+    bufferevent_disable(s->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        session_free(s);
+}
+
+/* Protocol errors are counted; past smtp.max_errors the session ends. */
+static void protocol_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void protocol_error(struct session *s, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    reply(s, "%s", text);
+    s->errors++;
+    if (s->errors >= s->rt->cfg.max_errors) {
+        log_kv(LOG_WARN, "too_many_errors", "session", s->id, "ip", s->ip, NULL);
+        reply(s, "421 4.7.0 %s Too many errors, closing connection", s->rt->cfg.server_name);
+        close_after_reply(s);
+    }
+}
+
+/* Give a verdict from the chain as the reply; returns 1 if it answered. */
+static int reply_verdict(struct session *s, const struct verdict *v)
+{
+    switch (v->action) {
+    case V_REJECT:
+    case V_TEMPFAIL:
+    case V_ERROR:
+    case V_DROP: {
+        int code = v->code ? v->code : 451;
+        const char *text = v->text[0] ? v->text : (code >= 500 ? "5.7.1 Rejected by policy" : "4.7.1 Try again later");
+        /* Every reply carries an enhanced status code (RFC 2034). */
+        if (isdigit((unsigned char)text[0]) && text[1] == '.')
+            reply(s, "%d %s", code, text);
+        else
+            reply(s, "%d %s %s", code, code >= 500 ? "5.7.1" : "4.7.1", text);
+        if (v->action == V_DROP)
+            close_after_reply(s);
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+
+static const char *action_name(const struct verdict *v)
+{
+    static const char *names[] = { "none", "accept", "reject", "tempfail", "drop", "discard", "error" };
+    return names[v->action];
+}
+
+/* ---- transaction ---------------------------------------------------------- */
+
+static void reset_transaction(struct session *s)
+{
+    free(s->from);
+    s->from = NULL;
+    for (int i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i].raw);
+    free(s->rcpts);
+    s->rcpts = NULL;
+    s->nrcpts = 0;
+    s->smtputf8 = s->body_8bit = s->discard_all = 0;
+    if (s->msg) {
+        evbuffer_free(s->msg);
+        s->msg = NULL;
+    }
+    if (s->field) {
+        evbuffer_free(s->field);
+        s->field = NULL;
+    }
+    s->have_kept = 0;
+    s->too_big = s->line_too_long = 0;
+    if (s->state > S_HELO)
+        s->state = S_HELO;
+    lb_reset_transaction(&s->lb);
+}
+
+static char *rcpt_list(struct session *s)
+{
+    size_t cap = 1;
+    for (int i = 0; i < s->nrcpts; i++)
+        cap += strlen(s->rcpts[i].raw) + 1;
+    char *r = calloc(1, cap);
+    for (int i = 0; i < s->nrcpts; i++) {
+        if (i)
+            strcat(r, ",");
+        strcat(r, s->rcpts[i].raw);
+    }
+    return r;
+}
+
+static void log_transaction(struct session *s, const char *verdict, const char *policy, const char *reply_text)
+{
+    char *rcpts = rcpt_list(s);
+    char size[32];
+    snprintf(size, sizeof size, "%zu", s->msg_size);
+    log_kv(LOG_INFO, "message", "session", s->id, "qid", s->qid[0] ? s->qid : NULL, "ip", s->ip,
+           "helo", s->helo, "from", s->from, "rcpts", rcpts, "size", size, "verdict", verdict,
+           "policy", policy && *policy ? policy : NULL, "reply", reply_text, NULL);
+    free(rcpts);
+}
+
+/* ---- hooks -------------------------------------------------------------- */
+
+/* Each hook call either finishes now (returns 1, v filled) or suspends the
+ * session until on_hook_done. */
+static int hook_wait(struct session *s, enum phase ph, int done, struct verdict *v)
+{
+    (void)v;
+    if (done)
+        return 1;
+    s->busy = 1;
+    s->pending = ph;
+    return 0;
+}
+
+static void finish_connect(struct session *s, const struct verdict *v);
+static void finish_helo(struct session *s, const struct verdict *v);
+static void finish_mail(struct session *s, const struct verdict *v);
+static void finish_rcpt(struct session *s, const struct verdict *v);
+static void finish_data_cmd(struct session *s, const struct verdict *v);
+static void finish_data_line(struct session *s, const struct verdict *v);
+static void finish_data_end(struct session *s, const struct verdict *v);
+
+static void on_hook_done(void *owner, const struct verdict *v)
+{
+    struct session *s = owner;
+    s->busy = 0;
+    switch (s->pending) {
+    case PH_CONNECT: finish_connect(s, v); break;
+    case PH_HELO: finish_helo(s, v); break;
+    case PH_MAIL: finish_mail(s, v); break;
+    case PH_RCPT: finish_rcpt(s, v); break;
+    case PH_DATA: finish_data_cmd(s, v); break;
+    case PH_DATA_LINE: finish_data_line(s, v); break;
+    case PH_DATA_END: finish_data_end(s, v); break;
+    default: break;
+    }
+    if (s->closing) {
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+            session_free(s);
+        return;
+    }
+    if (!s->busy)
+        process_input(s);
+}
+
+/* ---- greeting ------------------------------------------------------------- */
+
+static void send_greeting(struct session *s)
+{
+    /* A client that talks before the greeting is not a patient MTA. */
+    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
+        log_kv(LOG_WARN, "pregreet", "session", s->id, "ip", s->ip, NULL);
+        s->errors++;
+        reply(s, "554 5.5.1 %s Protocol error: data sent before the greeting", s->rt->cfg.server_name);
+        close_after_reply(s);
+        return;
+    }
+    reply(s, "220 %s ESMTP moat", s->rt->cfg.server_name);
+    s->state = S_GREETED;
+    process_input(s);
+}
+
+static void greet_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct session *s = arg;
+    event_free(s->greet_timer);
+    s->greet_timer = NULL;
+    send_greeting(s);
+}
+
+static void finish_connect(struct session *s, const struct verdict *v)
+{
+    if (v->action == V_REJECT || v->action == V_TEMPFAIL || v->action == V_ERROR) {
+        /* Refusing at connect: say why, then close (RFC 5321 3.1 allows 554). */
+        log_kv(LOG_INFO, "connect_refused", "session", s->id, "ip", s->ip, "policy", v->policy, NULL);
+        reply_verdict(s, v);
+        close_after_reply(s);
+        return;
+    }
+    if (reply_verdict(s, v))
+        return;
+    int delay = s->rt->cfg.greet_delay_ms;
+    if (delay > 0) {
+        struct timeval tv = { delay / 1000, (delay % 1000) * 1000 };
+        s->greet_timer = evtimer_new(srv.base, greet_timer_cb, s);
+        evtimer_add(s->greet_timer, &tv);
+        s->busy = 1;
+        s->pending = PH_COUNT;
+        return;
+    }
+    send_greeting(s);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
+{
+    while (*arg == ' ')
+        arg++;
+    size_t n = strcspn(arg, " ");
+    if (n == 0) {
+        protocol_error(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        return;
+    }
+    if (n >= sizeof s->helo || !utf8_valid(arg, n)) {
+        protocol_error(s, "501 5.5.4 Invalid hostname");
+        return;
+    }
+    arg[n] = '\0';
+    for (char *p = arg; *p; p++)
+        if ((unsigned char)*p < ' ' || *p == 0x7f) {
+            protocol_error(s, "501 5.5.4 Invalid hostname");
+            return;
+        }
+    if (s->state >= S_MAIL)
+        reset_transaction(s);
+    snprintf(s->helo, sizeof s->helo, "%s", arg);
+    s->esmtp = esmtp;
+    struct verdict v;
+    if (hook_wait(s, PH_HELO, lb_helo(&s->lb, s->helo, &v), &v))
+        finish_helo(s, &v);
+}
+
+static void finish_helo(struct session *s, const struct verdict *v)
+{
+    if (reply_verdict(s, v)) {
+        s->helo[0] = '\0';
+        return;
+    }
+    s->state = S_HELO;
+    const struct config *c = &s->rt->cfg;
+    if (!s->esmtp) {
+        reply(s, "250 %s", c->server_name);
+        return;
+    }
+    reply(s, "250-%s", c->server_name);
+    reply(s, "250-PIPELINING");
+    reply(s, "250-SIZE %ld", c->max_message_size);
+    reply(s, "250-8BITMIME");
+    reply(s, "250-ENHANCEDSTATUSCODES");
+    reply(s, "250 SMTPUTF8");
+}
+
+static void cmd_ehlo(struct session *s, char *arg) { cmd_ehlo_helo(s, arg, 1); }
+static void cmd_helo(struct session *s, char *arg) { cmd_ehlo_helo(s, arg, 0); }
+
+/* "FROM:" / "TO:" prefix, case-insensitive. */
+static char *after_keyword(char *arg, const char *kw)
+{
+    while (*arg == ' ')
+        arg++;
+    size_t n = strlen(kw);
+    return strncasecmp(arg, kw, n) == 0 ? arg + n : NULL;
+}
+
+static int path_error_reply(struct session *s, enum path_error e, int is_from)
+{
+    const char *ec = is_from ? "5.1.7" : "5.1.3";
+    switch (e) {
+    case PATH_OK: return 0;
+    case PATH_TOO_LONG: protocol_error(s, "501 %s Address too long", ec); break;
+    case PATH_BAD_UTF8: protocol_error(s, "501 5.6.7 Invalid UTF-8 in address"); break;
+    default: protocol_error(s, "501 %s Bad %s address syntax", ec, is_from ? "sender" : "recipient"); break;
+    }
+    return 1;
+}
+
+/* MAIL parameters: SIZE, BODY, SMTPUTF8.  Returns 0 or replies and returns -1. */
+static int mail_params(struct session *s, const char *p)
+{
+    char buf[CMD_LINE_MAX];
+    snprintf(buf, sizeof buf, "%s", p);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+        if (strncasecmp(tok, "SIZE=", 5) == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long size = strtoull(tok + 5, &end, 10);
+            if (*end || end == tok + 5 || errno) {
+                protocol_error(s, "501 5.5.4 Bad SIZE parameter");
+                return -1;
+            }
+            if (size > (unsigned long long)s->rt->cfg.max_message_size) {
+                reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+                return -1;
+            }
+        } else if (strncasecmp(tok, "BODY=", 5) == 0) {
+            if (strcasecmp(tok + 5, "8BITMIME") == 0)
+                s->body_8bit = 1;
+            else if (strcasecmp(tok + 5, "7BIT") != 0) {
+                protocol_error(s, "501 5.5.4 Bad BODY parameter");
+                return -1;
+            }
+        } else if (strcasecmp(tok, "SMTPUTF8") == 0) {
+            s->smtputf8 = 1;
+        } else {
+            protocol_error(s, "555 5.5.4 Unsupported MAIL parameter");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void cmd_mail(struct session *s, char *arg)
+{
+    if (s->state < S_HELO) {
+        protocol_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return;
+    }
+    if (s->state >= S_MAIL) {
+        protocol_error(s, "503 5.5.1 Error: nested MAIL command");
+        return;
+    }
+    char *p = after_keyword(arg, "FROM:");
+    if (!p) {
+        protocol_error(s, "501 5.5.4 Syntax: MAIL FROM:<address>");
+        return;
+    }
+    struct smtp_path path;
+    const char *rest;
+    if (path_error_reply(s, parse_path(p, &path, &rest), 1))
+        return;
+    if (*rest && *rest != ' ') {
+        protocol_error(s, "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]");
+        return;
+    }
+    if (mail_params(s, rest) != 0) {
+        s->smtputf8 = s->body_8bit = 0;
+        return;
+    }
+    if (path.has_8bit && !s->smtputf8) {
+        reply(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
+        return;
+    }
+    s->from = strdup(path.raw);
+    s->state = S_MAIL;
+    s->qid[0] = '\0';
+    srv.stats.transactions++;
+    struct verdict v;
+    if (hook_wait(s, PH_MAIL, lb_mail_from(&s->lb, path.raw, path.null ? NULL : path.local,
+                                           path.null ? NULL : path.domain, &v), &v))
+        finish_mail(s, &v);
+}
+
+static void finish_mail(struct session *s, const struct verdict *v)
+{
+    if (reply_verdict(s, v)) {
+        log_kv(LOG_INFO, "mail_rejected", "session", s->id, "ip", s->ip, "from", s->from,
+               "verdict", action_name(v), "policy", v->policy, NULL);
+        reset_transaction(s);
+        return;
+    }
+    if (v->action == V_DISCARD)
+        s->discard_all = 1;
+    reply(s, "250 2.1.0 Ok");
+}
+
+/* The route the core gives a recipient before any policy: local only for a
+ * plain address in a local domain.  Anything carrying a route (source route,
+ * %, !, a quoted @) counts as remote, so that without the router policy
+ * moat still never relays on a trick. */
+static void default_route(const struct config *c, const struct smtp_path *p, struct route *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->address, sizeof r->address, "%s", p->raw);
+    int plain = !p->routed && !strpbrk(p->local, "%!@\"");
+    if (!p->domain[0]) {
+        snprintf(r->kind, sizeof r->kind, "local");     /* <postmaster> */
+        return;
+    }
+    int local = plain && config_is_local_domain(c, p->domain);
+    snprintf(r->kind, sizeof r->kind, "%s", local ? "local" : "remote");
+    if (!local)
+        snprintf(r->host, sizeof r->host, "%s", p->domain);
+}
+
+static void cmd_rcpt(struct session *s, char *arg)
+{
+    if (s->state < S_MAIL) {
+        protocol_error(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    char *p = after_keyword(arg, "TO:");
+    if (!p) {
+        protocol_error(s, "501 5.5.4 Syntax: RCPT TO:<address>");
+        return;
+    }
+    struct smtp_path *path = &s->pending_rcpt;
+    const char *rest;
+    if (path_error_reply(s, parse_path(p, path, &rest), 0))
+        return;
+    if (path->null) {
+        protocol_error(s, "501 5.1.3 Bad recipient address syntax");
+        return;
+    }
+    while (*rest == ' ')
+        rest++;
+    if (*rest) {
+        protocol_error(s, "555 5.5.4 Unsupported RCPT parameter");
+        return;
+    }
+    if (path->has_8bit && !s->smtputf8) {
+        reply(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
+        return;
+    }
+    if (s->nrcpts >= s->rt->cfg.max_recipients) {
+        reply(s, "452 4.5.3 Too many recipients");
+        return;
+    }
+    struct route r;
+    default_route(&s->rt->cfg, path, &r);
+    struct verdict v;
+    if (hook_wait(s, PH_RCPT, lb_rcpt(&s->lb, path->raw, path->local, path->domain, &r, &v), &v))
+        finish_rcpt(s, &v);
+}
+
+static void finish_rcpt(struct session *s, const struct verdict *v)
+{
+    const char *raw = s->pending_rcpt.raw;
+    if (reply_verdict(s, v)) {
+        srv.stats.rcpts_rejected++;
+        log_kv(LOG_INFO, "rcpt_rejected", "session", s->id, "ip", s->ip, "from", s->from, "rcpt", raw,
+               "verdict", action_name(v), "policy", v->policy, "reply", v->text, NULL);
+        return;
+    }
+    struct rcpt *n = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *n);
+    if (!n) {
+        reply(s, "452 4.3.1 Insufficient system resources");
+        return;
+    }
+    s->rcpts = n;
+    n[s->nrcpts].raw = strdup(raw);
+    n[s->nrcpts].route = v->route;
+    n[s->nrcpts].discard = v->action == V_DISCARD;
+    s->nrcpts++;
+    srv.stats.rcpts_accepted++;
+    s->state = S_RCPT;
+    lb_rcpt_accepted(&s->lb, raw, &v->route);
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void cmd_data(struct session *s, char *arg)
+{
+    if (*arg) {
+        protocol_error(s, "501 5.5.4 Syntax: DATA");
+        return;
+    }
+    if (s->state < S_MAIL) {
+        protocol_error(s, "503 5.5.1 Error: need MAIL command");
+        return;
+    }
+    if (s->nrcpts == 0) {
+        protocol_error(s, "554 5.5.1 Error: no valid recipients");
+        return;
+    }
+    struct verdict v;
+    if (hook_wait(s, PH_DATA, lb_data(&s->lb, &v), &v))
+        finish_data_cmd(s, &v);
+}
+
+static void finish_data_cmd(struct session *s, const struct verdict *v)
+{
+    if (reply_verdict(s, v)) {
+        log_transaction(s, action_name(v), v->policy, v->text);
+        srv.stats.messages_rejected++;
+        reset_transaction(s);
+        return;
+    }
+    s->state = S_DATA;
+    s->msg = evbuffer_new();
+    s->msg_size = 0;
+    s->prev_crlf = 1;
+    s->in_header = 1;
+    s->have_kept = 0;
+    reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void cmd_rset(struct session *s, char *arg)
+{
+    (void)arg;
+    reset_transaction(s);
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_noop(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "250 2.0.0 Ok");
+}
+
+static void cmd_quit(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "221 2.0.0 Bye");
+    close_after_reply(s);
+}
+
+static void cmd_vrfy(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void cmd_help(struct session *s, char *arg)
+{
+    (void)arg;
+    reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP");
+}
+
+static void cmd_not_implemented(struct session *s, char *arg)
+{
+    (void)arg;
+    protocol_error(s, "502 5.5.1 Command not implemented");
+}
+
+static const struct command {
+    const char *name;
+    void (*fn)(struct session *, char *);
+} commands[] = {
+    { "EHLO", cmd_ehlo }, { "HELO", cmd_helo }, { "MAIL", cmd_mail }, { "RCPT", cmd_rcpt },
+    { "DATA", cmd_data }, { "RSET", cmd_rset }, { "NOOP", cmd_noop }, { "QUIT", cmd_quit },
+    { "VRFY", cmd_vrfy }, { "HELP", cmd_help }, { "EXPN", cmd_not_implemented },
+    { "TURN", cmd_not_implemented }, { "ETRN", cmd_not_implemented },
+};
+
+static void dispatch(struct session *s, char *line)
+{
+    size_t vlen = strcspn(line, " ");
+    char *arg = line + vlen;
+    if (*arg)
+        *arg++ = '\0';
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcasecmp(line, commands[i].name) == 0) {
+            commands[i].fn(s, arg);
+            return;
+        }
+    }
+    protocol_error(s, "500 5.5.2 Error: command not recognized");
+}
+
+/* ---- DATA ----------------------------------------------------------------- */
+
+static char *envelope_json(struct session *s);
+static void spool_done(void *arg, int err, double latency_ms);
+
+static void build_received(struct session *s, struct evbuffer *out)
+{
+    char date[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+    const char *proto = s->esmtp ? (s->smtputf8 ? "UTF8SMTP" : "ESMTP") : "SMTP";
+    evbuffer_add_printf(out, "Received: from %s (%s [%s])\r\n\tby %s (moat) with %s id %s",
+                        s->helo[0] ? s->helo : "unknown", s->ip, s->ip, s->rt->cfg.server_name, proto, s->qid);
+    if (s->nrcpts == 1)
+        evbuffer_add_printf(out, "\r\n\tfor <%s>", s->rcpts[0].raw);
+    evbuffer_add_printf(out, ";\r\n\t%s\r\n", date);
+}
+
+static void store_message(struct session *s, const char *policy)
+{
+    struct evbuffer *out = evbuffer_new();
+    build_received(s, out);
+    for (int i = 0; i < s->lb.nheaders; i++)
+        evbuffer_add_printf(out, "%s\r\n", s->lb.headers[i]);
+    evbuffer_add_buffer(out, s->msg);
+    char *env = envelope_json(s);
+    log_kv(LOG_DEBUG, "spool_submit", "session", s->id, "qid", s->qid, "policy", policy, NULL);
+    s->busy = 1;
+    s->pending = PH_COUNT;
+    s->job = spool_submit(srv.spool, s->qid, out, env, spool_done, s);
+}
+
+static void spool_done(void *arg, int err, double latency_ms)
+{
+    struct session *s = arg;
+    s->job = NULL;
+    s->busy = 0;
+    srv.stats.spool_commits++;
+    srv.stats.spool_latency_sum_ms += latency_ms;
+    if (latency_ms > srv.stats.spool_latency_max_ms)
+        srv.stats.spool_latency_max_ms = latency_ms;
+    if (err) {
+        log_kv(LOG_ERR, "spool_error", "session", s->id, "qid", s->qid, "error", strerror(err), NULL);
+        reply(s, "451 4.3.0 Error: queue file write error");
+        log_transaction(s, "tempfail", "spool", "queue file write error");
+    } else {
+        srv.stats.messages_accepted++;
+        reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+        log_transaction(s, "accept", NULL, "queued");
+    }
+    reset_transaction(s);
+    process_input(s);
+}
+
+static void finish_message(struct session *s, const struct verdict *v)
+{
+    if (s->too_big) {
+        reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
+        log_transaction(s, "reject", NULL, "message too big");
+    } else if (s->line_too_long) {
+        reply(s, "500 5.5.2 Line too long (more than %d bytes)", s->rt->cfg.max_line_length);
+        log_transaction(s, "reject", NULL, "line too long");
+    } else if (reply_verdict(s, v)) {
+        srv.stats.messages_rejected++;
+        log_transaction(s, action_name(v), v->policy, v->text);
+    } else {
+        int all_discarded = 1;
+        for (int i = 0; i < s->nrcpts; i++)
+            all_discarded &= s->rcpts[i].discard;
+        int discard = v->action == V_DISCARD || s->discard_all || all_discarded;
+        if (discard) {
+            /* Accepted and thrown away: the client cannot tell (that is the point). */
+            srv.stats.messages_discarded++;
+            reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
+            log_transaction(s, "discard", v->policy, "discarded");
+        } else {
+            store_message(s, v->policy);
+            return;
+        }
+    }
+    if (!s->closing)
+        reset_transaction(s);
+}
+
+static void finish_data_end(struct session *s, const struct verdict *v) { finish_message(s, v); }
+
+static void finish_data_line(struct session *s, const struct verdict *v);
+
+static void end_of_data(struct session *s)
+{
+    spool_new_id(s->qid);
+    s->state = S_RCPT;   /* no more DATA lines */
+    if (s->have_kept || s->too_big || s->line_too_long) {
+        finish_message(s, &s->kept);
+        return;
+    }
+    struct verdict v;
+    if (hook_wait(s, PH_DATA_END, lb_data_end(&s->lb, (long)s->msg_size, &v), &v))
+        finish_message(s, &v);
+}
+
+static void finish_data_line(struct session *s, const struct verdict *v)
+{
+    if (v->action != V_NONE && !s->have_kept) {
+        s->kept = *v;
+        s->have_kept = 1;
+    }
+    if (s->eod_pending) {
+        s->eod_pending = 0;
+        end_of_data(s);
+    }
+}
+
+/* A header field is complete: give it to the data_line hooks whole, with
+ * its inner line breaks (a wrapped field is one "line", seed 002). */
+static void submit_field(struct session *s)
+{
+    size_t flen = s->field ? evbuffer_get_length(s->field) : 0;
+    if (flen == 0)
+        return;
+    struct verdict v;
+    const char *f = (const char *)evbuffer_pullup(s->field, -1);
+    int done = s->have_kept ? 1 : lb_data_line(&s->lb, f, flen, 1, &v);
+    evbuffer_drain(s->field, flen);
+    if (!s->have_kept && hook_wait(s, PH_DATA_LINE, done, &v))
+        finish_data_line(s, &v);
+}
+
+/* Feed one unstuffed line (without its terminator) to the data_line hooks.
+ * Returns 0 if the session is now waiting for a hook. */
+static int feed_line(struct session *s, const char *line, size_t len, const char *eol, size_t eollen)
+{
+    if (s->have_kept || !lb_has_phase(s->rt, PH_DATA_LINE))
+        return 1;
+    if (!s->in_header) {
+        struct verdict v;
+        if (hook_wait(s, PH_DATA_LINE, lb_data_line(&s->lb, line, len, 0, &v), &v))
+            finish_data_line(s, &v);
+        return !s->busy;
+    }
+    int continuation = len > 0 && (line[0] == ' ' || line[0] == '\t');
+    if (continuation && s->field && evbuffer_get_length(s->field) > 0) {
+        if (evbuffer_get_length(s->field) + len + eollen <= HEADER_FIELD_MAX) {
+            evbuffer_add(s->field, eol, eollen);
+            evbuffer_add(s->field, line, len);
+        }
+        return 1;
+    }
+    submit_field(s);
+    if (len == 0) {
+        s->in_header = 0;     /* the blank line ends the header */
+    } else {
+        if (!s->field)
+            s->field = evbuffer_new();
+        evbuffer_add(s->field, line, len < HEADER_FIELD_MAX ? len : HEADER_FIELD_MAX);
+    }
+    return !s->busy;
+}
+
+/* One DATA line.  Lines end at LF; the message ends only at CRLF "." CRLF
+ * (a bare LF never ends the message: no SMTP smuggling through moat).
+ * Returns 0 when no complete line is buffered or the session must wait. */
+static int data_step(struct session *s, struct evbuffer *in)
+{
+    size_t inlen = evbuffer_get_length(in);
+    struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+    size_t max = (size_t)s->rt->cfg.max_line_length;
+    if (pos.pos < 0) {
+        if (inlen > max) {
+            /* Overlong line: keep nothing of it, remember to refuse the message. */
+            s->line_too_long = 1;
+            evbuffer_drain(in, inlen);
+            s->prev_crlf = 0;
+        }
+        return 0;
+    }
+    size_t linelen = (size_t)pos.pos + 1;
+    const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
+    int crlf = linelen >= 2 && line[linelen - 2] == '\r';
+    size_t content = linelen - 1 - (size_t)crlf;
+    if (content == 1 && line[0] == '.' && crlf && s->prev_crlf) {
+        evbuffer_drain(in, linelen);
+        /* A message with no blank line ends inside its header. */
+        if (s->in_header && !s->too_big && !s->line_too_long && lb_has_phase(s->rt, PH_DATA_LINE))
+            submit_field(s);
+        if (s->busy)
+            s->eod_pending = 1;   /* finish_data_line calls end_of_data */
+        else
+            end_of_data(s);
+        return !s->busy;
+    }
+    const char *text = line;
+    size_t tlen = linelen;
+    if (line[0] == '.') {       /* dot-unstuffing (RFC 5321 4.5.2) */
+        text++;
+        tlen--;
+        content--;
+    }
+    if (!s->too_big) {
+        if (s->msg_size + tlen > (size_t)s->rt->cfg.max_message_size) {
+            s->too_big = 1;
+            evbuffer_drain(s->msg, evbuffer_get_length(s->msg));
+        } else {
+            evbuffer_add(s->msg, text, tlen);
+        }
+    }
+    s->msg_size += tlen;
+    s->prev_crlf = crlf;
+    int go_on = s->too_big || s->line_too_long ? 1
+              : feed_line(s, text, content, text + content, tlen - content);
+    evbuffer_drain(in, linelen);
+    return go_on;
+}
+
+/* ---- input loop ------------------------------------------------------------ */
+
+/* Read one command line into buf; 1 = got one, 0 = need more input. */
+static int read_command(struct session *s, struct evbuffer *in, char *buf, size_t cap)
+{
+    struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+    if (pos.pos < 0) {
+        if (evbuffer_get_length(in) > CMD_LINE_MAX) {
+            evbuffer_drain(in, evbuffer_get_length(in));
+            s->skipping_line = 1;
+        }
+        return 0;
+    }
+    size_t n = (size_t)pos.pos;
+    if (s->skipping_line || n >= cap) {
+        evbuffer_drain(in, n + 1);
+        s->skipping_line = 0;
+        protocol_error(s, "500 5.5.2 Error: line too long");
+        buf[0] = '\0';
+        return -1;
+    }
+    evbuffer_remove(in, buf, n + 1);
+    buf[n] = '\0';
+    if (n > 0 && buf[n - 1] == '\r')
+        buf[--n] = '\0';
+    if (memchr(buf, '\0', n)) {
+        protocol_error(s, "500 5.5.2 Error: NUL byte in command");
+        return -1;
+    }
+    return 1;
+}
+
+static void process_input(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    char line[CMD_LINE_MAX + 2];
+    while (!s->busy && !s->closing && s->state != S_INIT) {
+        if (evbuffer_get_length(out) > OUT_MAX)
+            return;   /* resumed from the write callback once the client reads */
+        if (s->state == S_DATA) {
+            if (!data_step(s, in))
+                break;
+            continue;
+        }
+        int r = read_command(s, in, line, sizeof line);
+        if (r == 0)
+            break;
+        if (r > 0)
+            dispatch(s, line);
+    }
+}
+
+/* ---- libevent callbacks ------------------------------------------------- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    process_input(arg);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+    if (s->closing) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            session_free(s);
+        return;
+    }
+    if (!s->busy)
+        process_input(s);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct session *s = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if ((what & BEV_EVENT_READING) && s->busy && !s->closing) {
+            /* We are the slow one (a hook is waiting): keep the client. */
+            bufferevent_enable(s->bev, EV_READ);
+            return;
+        }
+        log_kv(LOG_INFO, "timeout", "session", s->id, "ip", s->ip, NULL);
+        if ((what & BEV_EVENT_READING) && !s->closing) {
+            reply(s, "421 4.4.2 %s Error: timeout exceeded", s->rt->cfg.server_name);
+            close_after_reply(s);
+            return;
+        }
+    }
+    session_free(s);
+}
+
+/* ---- session lifecycle -------------------------------------------------- */
+
+static void sockaddr_text(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
+{
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], ip, (socklen_t)iplen);
+        else
+            inet_ntop(AF_INET6, &s6->sin6_addr, ip, (socklen_t)iplen);
+        *port = ntohs(s6->sin6_port);
+    } else {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, (socklen_t)iplen);
+        *port = ntohs(s4->sin_port);
+    }
+}
+
+static const char *status_of(const struct config *c, const char *ip)
+{
+    if (iplist_contains_str(c->ip[T_CLIENT], ip))
+        return "client";
+    if (iplist_contains_str(c->ip[T_BLACKLISTED], ip))
+        return "blacklisted";
+    return "other";
+}
+
+static void set_session_fields(struct session *s)
+{
+    static const char *tls_names[] = { "off", "on", "ext" };
+    struct lb_session *lb = &s->lb;
+    lb_set_str(lb, "id", s->id);
+    lb_set_str(lb, "ip", s->ip);
+    lb_set_int(lb, "port", s->port);
+    lb_set_str(lb, "local_ip", s->local_ip);
+    lb_set_int(lb, "local_port", s->local_port);
+    lb_set_str(lb, "tls", tls_names[s->lsock->tls]);
+    lb_set_bool(lb, "secure", s->lsock->tls != TLS_OFF);
+    lb_set_str(lb, "status", s->client_status);
+    lb_set_bool(lb, "lan", iplist_contains_str(s->rt->cfg.ip[T_LAN], s->ip));
+}
+
+void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, struct listener_sock *lsock)
+{
+    (void)peerlen;
+    struct session *s = calloc(1, sizeof *s);
+    s->rt = runtime_ref(srv.rt);
+    s->lsock = lsock;
+    snprintf(s->id, sizeof s->id, "%lx.%lx", (unsigned long)time(NULL), ++session_serial);
+    sockaddr_text(peer, s->ip, sizeof s->ip, &s->port);
+    struct sockaddr_storage local;
+    socklen_t llen = sizeof local;
+    if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0)
+        sockaddr_text((struct sockaddr *)&local, s->local_ip, sizeof s->local_ip, &s->local_port);
+    s->client_status = status_of(&s->rt->cfg, s->ip);
+
+    s->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+    /* Bounded input: libevent stops reading at the high-water mark. */
+    size_t high = (size_t)s->rt->cfg.max_line_length + CMD_LINE_MAX + 4096;
+    bufferevent_setwatermark(s->bev, EV_READ, 0, high);
+    struct timeval tmo = { s->rt->cfg.timeout_s, 0 };
+    bufferevent_set_timeouts(s->bev, &tmo, &tmo);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    open_sessions++;
+    s->next = all_sessions;
+    if (all_sessions)
+        all_sessions->prev = s;
+    all_sessions = s;
+    srv.stats.connections_total++;
+    srv.stats.connections_current++;
+
+    lb_session_open(&s->lb, s->rt, s, on_hook_done);
+    set_session_fields(s);
+    char port[16], lport[16];
+    snprintf(port, sizeof port, "%d", s->port);
+    snprintf(lport, sizeof lport, "%d", s->local_port);
+    log_kv(LOG_INFO, "connect", "session", s->id, "ip", s->ip, "port", port, "local", s->local_ip,
+           "local_port", lport, "status", s->client_status, NULL);
+
+    struct verdict v;
+    if (hook_wait(s, PH_CONNECT, lb_connect(&s->lb, &v), &v))
+        finish_connect(s, &v);
+}
+
+static void session_free(struct session *s)
+{
+    log_kv(LOG_INFO, "disconnect", "session", s->id, "ip", s->ip, NULL);
+    if (s->job)
+        spool_job_detach(s->job);
+    if (s->greet_timer)
+        event_free(s->greet_timer);
+    lb_disconnect(&s->lb);
+    reset_transaction(s);
+    lb_session_close(&s->lb);
+    bufferevent_free(s->bev);
+    runtime_unref(s->rt);
+    open_sessions--;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        all_sessions = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    srv.stats.connections_current--;
+    free(s);
+}
+
+/* ---- envelope JSON -------------------------------------------------------- */
+
+static void json_str(struct evbuffer *b, const char *s)
+{
+    if (!s) {
+        evbuffer_add(b, "null", 4);
+        return;
+    }
+    evbuffer_add(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            evbuffer_add_printf(b, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            evbuffer_add_printf(b, "\\u%04x", *p);
+        else
+            evbuffer_add(b, p, 1);
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+static char *envelope_json(struct session *s)
+{
+    struct evbuffer *b = evbuffer_new();
+    char ts[40];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    evbuffer_add_printf(b, "{\"id\":\"%s\",\"from\":", s->qid);
+    json_str(b, s->from ? s->from : "");
+    evbuffer_add_printf(b, ",\"rcpts\":[");
+    int first = 1;
+    for (int i = 0; i < s->nrcpts; i++) {
+        struct rcpt *r = &s->rcpts[i];
+        if (r->discard)
+            continue;
+        evbuffer_add_printf(b, "%s{\"addr\":", first ? "" : ",");
+        first = 0;
+        json_str(b, r->raw);
+        evbuffer_add_printf(b, ",\"route\":{\"kind\":");
+        json_str(b, r->route.kind);
+        evbuffer_add_printf(b, ",\"address\":");
+        json_str(b, r->route.address);
+        evbuffer_add_printf(b, ",\"host\":");
+        json_str(b, r->route.host[0] ? r->route.host : NULL);
+        evbuffer_add_printf(b, ",\"can_relay\":%s}}", r->route.can_relay ? "true" : "false");
+    }
+    evbuffer_add_printf(b, "],\"ip\":");
+    json_str(b, s->ip);
+    evbuffer_add_printf(b, ",\"helo\":");
+    json_str(b, s->helo[0] ? s->helo : NULL);
+    evbuffer_add_printf(b, ",\"user\":null,\"received\":\"%s\",\"size\":%zu}\n", ts, s->msg_size);
+    size_t n = evbuffer_get_length(b);
+    char *r = malloc(n + 1);
+    evbuffer_remove(b, r, n);
+    r[n] = '\0';
+    evbuffer_free(b);
+    return r;
+}

@@ -1,0 +1,19 @@
+/* smtp.h - one SMTP server session (RFC 5321) per accepted connection. */
+#ifndef MOAT_SMTP_H
+#define MOAT_SMTP_H
+
+#include <sys/socket.h>
+
+struct listener_sock;
+
+/* Take over fd (already accepted and admitted by the listener). */
+void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen,
+                      struct listener_sock *ls);
+
+/* Sessions still open (for shutdown). */
+int smtp_sessions_open(void);
+
+/* Shutdown: end every session (no reply; the client will retry). */
+void smtp_close_all(void);
+
+#endif
