@@ -50,8 +50,15 @@ moatctl: src/moatctl.c
 build/moat-asan: $(ASANOBJ)
 	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS)
 
-build/test_%: tests/unit/test_%.c $(ASANOBJ) | build
-	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ $< $(filter-out build/asan/main.o,$(ASANOBJ)) $(LDLIBS)
+# Each C unit test links only the modules it tests (ASan+UBSan build).
+TEST_address := address
+TEST_iplist  := iplist
+TEST_dns     := dns log
+define unit_test
+build/test_$(1): tests/unit/test_$(1).c $$(TEST_$(1):%=build/asan/%.o) | build
+	$$(CC) $$(CFLAGS) $$(SAN) -Isrc -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach t,$(UNIT),$(eval $(call unit_test,$(t))))
 
 run: deps all
 	@mkdir -p var

@@ -3,6 +3,7 @@
 
 #include <string.h>
 #include <strings.h>
+#include <strings.h>
 
 static int is_atext(unsigned char c)
 {

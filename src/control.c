@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "lua_bridge.h"
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
@@ -47,7 +48,30 @@ static void cmd_stats(struct evbuffer *out)
         (unsigned long long)st->reloads_failed, srv.rt->generation);
 }
 
-static void run_command(char *line, struct evbuffer *out)
+/* A command that waits (test-address asks DNS) keeps its connection until
+ * the answer is written; if the client left meanwhile, it is just freed. */
+struct ctl_conn {
+    struct bufferevent *bev;
+    int waiting, gone;
+};
+
+static void ctl_finish(struct ctl_conn *c);
+
+static void test_address_done(void *arg, int ok, const char *text)
+{
+    struct ctl_conn *c = arg;
+    c->waiting = 0;
+    if (!c->gone) {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        if (ok && strncmp(text, "error:", 6) != 0)
+            evbuffer_add_printf(out, "ok\n%s\n", text);
+        else
+            evbuffer_add_printf(out, "%s%s\n", ok ? "" : "error: ", text);
+    }
+    ctl_finish(c);
+}
+
+static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
 {
     char *arg = strchr(line, ' ');
     if (arg)
@@ -60,40 +84,68 @@ static void run_command(char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\nreloaded: generation %lu\n", srv.rt->generation);
         else
             evbuffer_add_printf(out, "error: %s\n", err);
+    } else if (strcmp(line, "test-address") == 0) {
+        if (!arg || !*arg) {
+            evbuffer_add_printf(out, "error: usage: test-address IP\n");
+            return;
+        }
+        c->waiting = 1;
+        lb_task(srv.rt, "moat.status", "test_address", arg, test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address)\n", line);
     }
 }
 
 static void ctl_done(struct bufferevent *bev, void *arg)
 {
-    (void)arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    struct ctl_conn *c = arg;
+    if (!c->waiting && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         bufferevent_free(bev);
+        free(c);
+    }
 }
 
-static void ctl_read(struct bufferevent *bev, void *arg)
+/* After the answer is queued: free once it is written (or the peer left). */
+static void ctl_finish(struct ctl_conn *c)
 {
-    (void)arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
-    size_t n;
-    char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-    if (!line) {
-        if (evbuffer_get_length(in) > CTL_LINE_MAX)
-            bufferevent_free(bev);
+    if (c->gone) {
+        bufferevent_free(c->bev);
+        free(c);
         return;
     }
-    bufferevent_disable(bev, EV_READ);
-    run_command(line, bufferevent_get_output(bev));
-    free(line);
-    bufferevent_setcb(bev, NULL, ctl_done, NULL, NULL);
+    ctl_done(c->bev, c);
 }
 
 static void ctl_event(struct bufferevent *bev, short what, void *arg)
 {
+    (void)bev;
     (void)what;
-    (void)arg;
-    bufferevent_free(bev);
+    struct ctl_conn *c = arg;
+    c->gone = 1;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    if (!c->waiting)
+        ctl_finish(c);
+}
+
+static void ctl_read(struct bufferevent *bev, void *arg)
+{
+    struct ctl_conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    size_t n;
+    char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+    if (!line) {
+        if (evbuffer_get_length(in) > CTL_LINE_MAX) {
+            c->gone = 1;
+            ctl_finish(c);
+        }
+        return;
+    }
+    bufferevent_disable(bev, EV_READ);
+    bufferevent_setcb(bev, NULL, ctl_done, ctl_event, c);
+    run_command(c, line, bufferevent_get_output(bev));
+    free(line);
+    if (!c->waiting && !c->gone)
+        ctl_done(bev, c);
 }
 
 static void ctl_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len, void *arg)
@@ -102,11 +154,12 @@ static void ctl_accept(struct evconnlistener *l, evutil_socket_t fd, struct sock
     (void)sa;
     (void)len;
     (void)arg;
-    struct bufferevent *bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(bev, ctl_read, NULL, ctl_event, NULL);
-    struct timeval tmo = { 10, 0 };
-    bufferevent_set_timeouts(bev, &tmo, &tmo);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    struct ctl_conn *c = calloc(1, sizeof *c);
+    c->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(c->bev, ctl_read, NULL, ctl_event, c);
+    struct timeval tmo = { 30, 0 };
+    bufferevent_set_timeouts(c->bev, &tmo, &tmo);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
 int control_open(const char *path, char *err, size_t errlen)

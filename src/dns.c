@@ -2,8 +2,12 @@
  *
  * c-ares owns the sockets and tells us through the sock-state callback which
  * fds it wants watched; we mirror that with one persistent event per fd and a
- * single timer armed from ares_timeout() whenever control returns to the
- * loop.  Nothing here ever waits.
+ * single timer for c-ares's retransmits and timeouts.  Nothing here waits.
+ *
+ * ares_timeout() walks every outstanding query, so calling it after each
+ * start made 10,000 back-to-back starts cost ~300 ms (quadratic).  Instead
+ * the timer is only pulled in to now + timeout after ordinary activity (see
+ * rearm_cheap) and recomputed exactly from ares_timeout() when it fires.
  *
  * Re-entrancy is handled with a depth counter around every c-ares call that
  * can run callbacks: dns_free() from inside a callback only marks the
@@ -19,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 
 struct dns_sock {
     ares_socket_t fd;
@@ -48,6 +54,10 @@ struct dns {
     int in_start;            /* inside ares_query(): results must be deferred */
     int free_pending;        /* dns_free() seen; destroy when depth drops to 0 */
     int freeing;             /* destroy in progress */
+    int inflight;            /* queries c-ares still holds */
+    int timeout_ms;          /* first-try timeout c-ares actually uses */
+    int timer_armed, timer_exact;
+    struct timeval timer_at; /* monotonic time the timer is due */
     struct dns_stats st;
 };
 
@@ -287,13 +297,63 @@ static int parse_reply(enum dns_type type, const unsigned char *buf, int len, dn
 
 /* ---- event plumbing --------------------------------------------------- */
 
-static void rearm_timer(dns *d)
+static void mono_now(struct timeval *tv)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    tv->tv_sec = ts.tv_sec;
+    tv->tv_usec = ts.tv_nsec / 1000;
+}
+
+static void arm_timer(dns *d, const struct timeval *rel)
+{
+    struct timeval now;
+    mono_now(&now);
+    timeradd(&now, rel, &d->timer_at);
+    d->timer_armed = evtimer_add(d->timer, rel) == 0;
+}
+
+static void disarm_timer(dns *d)
+{
+    evtimer_del(d->timer);
+    d->timer_armed = 0;
+}
+
+/* O(outstanding queries). */
+static void rearm_exact(dns *d)
 {
     struct timeval tv, *tvp = ares_timeout(d->ch, NULL, &tv);
     if (tvp)
-        evtimer_add(d->timer, tvp);
+        arm_timer(d, tvp);
     else
-        evtimer_del(d->timer);
+        disarm_timer(d);
+}
+
+/* O(1).  c-ares 1.18 gives every (re)sent query the deadline
+ * now + timeout << k with k >= 0, so nothing that just happened can be due
+ * before now + timeout; an earlier pending timer already covers it.  A timer
+ * left early because queries were answered just fires and goes exact.  If
+ * that invariant ever broke, a deadline would be noticed at most one timeout
+ * late, never lost. */
+static void rearm_cheap(dns *d)
+{
+    struct timeval now, due, rel = { d->timeout_ms / 1000, (d->timeout_ms % 1000) * 1000 };
+    mono_now(&now);
+    timeradd(&now, &rel, &due);
+    if (d->timer_armed && timercmp(&d->timer_at, &due, <=))
+        return;
+    arm_timer(d, &rel);
+}
+
+static void rearm_timer(dns *d)
+{
+    if (d->inflight == 0)
+        disarm_timer(d); /* lets event_base_dispatch() return when idle */
+    else if (d->timer_exact)
+        rearm_exact(d);
+    else
+        rearm_cheap(d);
+    d->timer_exact = 0;
 }
 
 static void enter(dns *d)
@@ -326,6 +386,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     dns *d = arg;
+    d->timer_armed = 0;
+    d->timer_exact = 1;
     enter(d);
     ares_process_fd(d->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD); /* timeouts only */
     leave(d);
@@ -413,6 +475,7 @@ static void on_ares_done(void *arg, int astatus, int timeouts, unsigned char *bu
     dns_answer *ans = NULL;
     int status;
 
+    d->inflight--;
     if (astatus == ARES_EDESTRUCTION) {
         status = DNS_ERROR; /* our own dns_free: not a resolver failure */
     } else {
@@ -485,6 +548,15 @@ static int init_channel(dns *d, int timeout_ms, int tries, char *err, size_t err
     if (rc != ARES_SUCCESS) {
         set_err(err, errlen, "ares_init_options", ares_strerror(rc));
         return -1;
+    }
+    /* Without our own values resolv.conf options apply: ask what won. */
+    struct ares_options saved;
+    int saved_mask;
+    d->timeout_ms = 2000;
+    if (ares_save_options(d->ch, &saved, &saved_mask) == ARES_SUCCESS) {
+        if (saved.timeout > 0)
+            d->timeout_ms = saved.timeout; /* ms: 1.18 saves ARES_OPT_TIMEOUTMS */
+        ares_destroy_options(&saved);
     }
     return 0;
 }
@@ -591,6 +663,7 @@ dns_query *dns_query_start(dns *d, const char *name, enum dns_type type, dns_cb 
     q->arg = arg;
     q->type = type;
     d->st.queries++;
+    d->inflight++;
     enter(d);
     d->in_start++;
     ares_query(d->ch, name, ns_c_in, t, on_ares_done, q); /* may complete at once */

@@ -55,7 +55,7 @@ typedef void (*dns_cb)(void *arg, int status, const dns_answer *ans);
  * "ip:port", IPv6 as "[::1]:53".  timeout_ms is the first try's timeout; with
  * one server c-ares 1.18 doubles it on every further try, so the worst case
  * is timeout_ms * (2^tries - 1) (200 ms, 2 tries -> 600 ms).  timeout_ms <= 0
- * or tries <= 0 keep the c-ares defaults (2000 ms, 3 tries).  Names are
+ * or tries <= 0 keep the resolv.conf / c-ares defaults (1.18: 5000 ms, 4 tries).  Names are
  * queried exactly as given: no search list, no hosts file.
  * Returns NULL with a message in err on failure. */
 dns *dns_new(struct event_base *base, const char *servers, int timeout_ms, int tries,

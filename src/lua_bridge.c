@@ -10,9 +10,11 @@
 #include "lua_bridge.h"
 
 #include <event2/event.h>
+#include <ifaddrs.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,9 +116,9 @@ static struct lb_session *calling_session(lua_State *L, const char *what)
 
 static const char *concat_args(lua_State *L, int first)
 {
+    int n = lua_gettop(L);      /* before buffinit, which may push a box */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    int n = lua_gettop(L);
     for (int i = first; i <= n; i++) {
         luaL_tolstring(L, i, NULL);
         luaL_addvalue(&b);
@@ -130,6 +132,7 @@ static const char *concat_args(lua_State *L, int first)
 /* ---- async resume ----------------------------------------------------- */
 
 static int resume(struct lb_session *ls, int nargs, struct verdict *v);
+int lb_push_dns_results(struct lb_session *ls, lua_State *to);
 
 static void resume_async(struct lb_session *ls, int nargs)
 {
@@ -164,34 +167,84 @@ static int l_sleep(lua_State *L)
 
 static const char *const dns_type_names[] = { "A", "AAAA", "MX", "PTR", "TXT", NULL };
 
+/* Push one query's outcome: the answer list, or nil and the error name.
+ * MX answers are { host =, pref = } tables, the others strings. */
+static int push_dns_result(lua_State *L, int type, int status, const dns_answer *ans)
+{
+    if (status != DNS_OK || !ans) {
+        lua_pushnil(L);
+        lua_pushstring(L, dns_status_str(status));
+        return 2;
+    }
+    lua_createtable(L, ans->n, 0);
+    for (int i = 0; i < ans->n; i++) {
+        if (type == DNS_MX) {
+            lua_createtable(L, 0, 2);
+            lua_pushstring(L, ans->rr[i].text);
+            lua_setfield(L, -2, "host");
+            lua_pushinteger(L, ans->rr[i].pref);
+            lua_setfield(L, -2, "pref");
+        } else {
+            lua_pushstring(L, ans->rr[i].text);
+        }
+        lua_rawseti(L, -2, i + 1);
+    }
+    return 1;
+}
+
+/* Results wait in a registry table until the last query of the batch is in:
+ * results[i] = { answers = {...} } or { error = "timeout" }. */
 static void dns_done(void *arg, int status, const dns_answer *ans)
 {
-    struct lb_session *ls = arg;
-    lua_State *co = ls->co;
-    ls->dnsq = NULL;
-    ls->waiting = 0;
-    int nres;
-    if (status == DNS_OK && ans) {
-        lua_createtable(co, ans->n, 0);
-        for (int i = 0; i < ans->n; i++) {
-            if (ls->dns_type == DNS_MX) {
-                lua_createtable(co, 0, 2);
-                lua_pushstring(co, ans->rr[i].text);
-                lua_setfield(co, -2, "host");
-                lua_pushinteger(co, ans->rr[i].pref);
-                lua_setfield(co, -2, "pref");
-            } else {
-                lua_pushstring(co, ans->rr[i].text);
-            }
-            lua_rawseti(co, -2, i + 1);
-        }
-        nres = 1;
+    struct lb_dnsq *dq = arg;
+    struct lb_session *ls = dq->ls;
+    lua_State *L = ls->rt->L;
+    int idx = (int)(dq - ls->dns) + 1;
+    dq->q = NULL;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->dns_results_ref);
+    lua_createtable(L, 0, 1);
+    if (push_dns_result(L, dq->type, status, ans) == 2) {
+        lua_setfield(L, -3, "error");   /* the error name */
+        lua_pop(L, 1);                  /* the nil */
     } else {
-        lua_pushnil(co);
-        lua_pushstring(co, dns_status_str(status));
-        nres = 2;
+        lua_setfield(L, -2, "answers");
     }
-    resume_async(ls, nres);
+    lua_rawseti(L, -2, idx);
+    lua_pop(L, 1);
+    if (--ls->dns_pending > 0 || ls->dns_starting)
+        return;
+    ls->waiting = 0;
+    resume_async(ls, lb_push_dns_results(ls, ls->co));
+}
+
+static int start_queries(lua_State *L, struct lb_session *ls, const char **names, const int *types, int n)
+{
+    lua_State *main = ls->rt->L;
+    lua_newtable(main);
+    ls->dns_results_ref = luaL_ref(main, LUA_REGISTRYINDEX);
+    ls->dns_n = ls->dns_pending = n;
+    ls->dns_starting = 1;
+    for (int i = 0; i < n; i++) {
+        struct lb_dnsq *dq = &ls->dns[i];
+        dq->ls = ls;
+        dq->type = types[i];
+        dq->q = srv.dns ? dns_query_start(srv.dns, names[i], (enum dns_type)types[i], dns_done, dq) : NULL;
+        if (!dq->q && ls->dns_pending > 0 && ls->dns_results_ref != LUA_NOREF) {
+            /* Could not start: record a local error without waiting. */
+            lua_rawgeti(main, LUA_REGISTRYINDEX, ls->dns_results_ref);
+            lua_createtable(main, 0, 1);
+            lua_pushstring(main, "error");
+            lua_setfield(main, -2, "error");
+            lua_rawseti(main, -2, i + 1);
+            lua_pop(main, 1);
+            ls->dns_pending--;
+        }
+    }
+    ls->dns_starting = 0;
+    if (ls->dns_pending == 0)       /* everything finished (or failed) already */
+        return lb_push_dns_results(ls, L);
+    ls->waiting = 1;
+    return lua_yield(L, 0);
 }
 
 static int l_dns_query(lua_State *L)
@@ -201,21 +254,73 @@ static int l_dns_query(lua_State *L)
     if (strlen(name) > 253)
         return luaL_error(L, "moat.dns.query: name too long");
     struct lb_session *ls = calling_session(L, "moat.dns.query");
-    if (!srv.dns) {
-        lua_pushnil(L);
-        lua_pushstring(L, "error");
-        return 2;
+    ls->dns_multi = 0;
+    return start_queries(L, ls, &name, &type, 1);
+}
+
+/* moat.dns.query_all{ {name, type}, ... }: all queries in parallel, one wait. */
+static int l_dns_query_all(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int n = (int)luaL_len(L, 1);
+    if (n < 1 || n > LB_DNS_MAX)
+        return luaL_error(L, "moat.dns.query_all: 1..%d queries", LB_DNS_MAX);
+    const char *names[LB_DNS_MAX];
+    int types[LB_DNS_MAX];
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        luaL_argcheck(L, lua_istable(L, -1), 1, "each query is { name, type }");
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        names[i] = luaL_checkstring(L, -2);
+        types[i] = luaL_checkoption(L, -1, "A", dns_type_names);
+        if (strlen(names[i]) > 253)
+            return luaL_error(L, "moat.dns.query_all: name too long");
+        lua_pop(L, 1);
+        lua_replace(L, -2);   /* keep the name string alive on the stack */
     }
-    ls->waiting = 1;
-    ls->dns_type = type;
-    ls->dnsq = dns_query_start(srv.dns, name, (enum dns_type)type, dns_done, ls);
-    if (!ls->dnsq) {
-        ls->waiting = 0;
-        lua_pushnil(L);
-        lua_pushstring(L, "error");
-        return 2;
+    struct lb_session *ls = calling_session(L, "moat.dns.query_all");
+    ls->dns_multi = 1;
+    return start_queries(L, ls, names, types, n);
+}
+
+/* Push what the waiting Lua call returns: for query, answers or nil, err;
+ * for query_all, the results list. */
+int lb_push_dns_results(struct lb_session *ls, lua_State *to)
+{
+    lua_State *L = ls->rt->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->dns_results_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, ls->dns_results_ref);
+    ls->dns_results_ref = LUA_NOREF;
+    ls->dns_n = 0;
+    if (ls->dns_multi) {
+        lua_xmove(L, to, 1);
+        return 1;
     }
-    return lua_yield(L, 0);
+    lua_rawgeti(L, -1, 1);
+    lua_getfield(L, -1, "answers");
+    if (!lua_isnil(L, -1)) {
+        lua_xmove(L, to, 1);
+        lua_pop(L, 2);
+        return 1;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(to);
+    lua_getfield(L, -1, "error");
+    lua_xmove(L, to, 1);
+    lua_pop(L, 2);
+    return 2;
+}
+
+static int l_dns_reverse(lua_State *L)
+{
+    const char *ip = luaL_checkstring(L, 1);
+    const char *zone = luaL_optstring(L, 2, NULL);
+    char out[512];
+    if (dns_reverse_name(ip, zone, out, sizeof out) != 0)
+        return luaL_error(L, "moat.dns.reverse: '%s' is not an IP address", ip);
+    lua_pushstring(L, out);
+    return 1;
 }
 
 /* ---- moat.core: log, list, config ---------------------------------------- */
@@ -256,6 +361,61 @@ static int l_list_contains(lua_State *L)
     const iplist **u = luaL_checkudata(L, 1, LIST_MT);
     const char *ip = luaL_checkstring(L, 2);
     lua_pushboolean(L, iplist_contains_str(*u, ip));
+    return 1;
+}
+
+/* moat.table_text(name) -> text, path: the contents of tables[name], read
+ * while scripts load (never from a hook: file reads would block the loop). */
+static int l_table_text(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    struct lb_session *ls = rt_of(L)->current;
+    if (!ls || !ls->loading)
+        return luaL_error(L, "moat.table_text: tables are read when scripts load, not in hooks");
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    lua_getfield(L, -1, "tables");
+    if (!lua_istable(L, -1))
+        return 0;
+    lua_getfield(L, -1, name);
+    const char *path = lua_tostring(L, -1);
+    if (!path)
+        return 0;   /* not configured: nil */
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return luaL_error(L, "%s: %s", path, strerror(errno));
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        luaL_addlstring(&b, buf, n);
+    int err = ferror(f);
+    fclose(f);
+    if (err)
+        return luaL_error(L, "%s: read error", path);
+    luaL_pushresult(&b);
+    lua_pushstring(L, path);
+    return 2;
+}
+
+/* moat.is_local_address(ip): one of this host's own addresses (the "Local"
+ * prefix of test-address). */
+static int l_is_local_address(lua_State *L)
+{
+    unsigned char want[16], key[16];
+    if (ip_key_from_str(luaL_checkstring(L, 1), want) != 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    struct ifaddrs *ifs, *i;
+    int found = 0;
+    if (getifaddrs(&ifs) == 0) {
+        for (i = ifs; i && !found; i = i->ifa_next)
+            if (i->ifa_addr && ip_key_from_sa(i->ifa_addr, key) == 0 && memcmp(key, want, 16) == 0)
+                found = 1;
+        freeifaddrs(ifs);
+    }
+    lua_pushboolean(L, found);
     return 1;
 }
 
@@ -312,7 +472,10 @@ static int luaopen_moat_core(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         { "sleep", l_sleep }, { "log", l_log }, { "list", l_list },
-        { "dns_query", l_dns_query }, { "config", l_config }, { NULL, NULL },
+        { "dns_query", l_dns_query }, { "dns_query_all", l_dns_query_all },
+        { "dns_reverse", l_dns_reverse }, { "config", l_config },
+        { "table_text", l_table_text }, { "is_local_address", l_is_local_address },
+        { NULL, NULL },
     };
     luaL_newlib(L, fns);
     lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
@@ -367,7 +530,7 @@ lua_State *lb_state_new(struct runtime *rt)
 /* Calls during loading run under a session-less budget of 100 hook calls. */
 static int load_call(struct runtime *rt, int nargs, int nres, char *err, size_t errlen)
 {
-    struct lb_session loading = { .rt = rt };
+    struct lb_session loading = { .rt = rt, .loading = 1 };
     long saved = rt->cfg.lua_budget;
     rt->cfg.lua_budget = (saved > 0 ? saved : 1000000) * 100;
     rt->current = &loading;
@@ -513,7 +676,7 @@ int lb_session_open(struct lb_session *ls, struct runtime *rt, void *owner,
     ls->rt = runtime_ref(rt);
     ls->owner = owner;
     ls->on_done = on_done;
-    ls->co_ref = ls->arg_ref = LUA_NOREF;
+    ls->co_ref = ls->arg_ref = ls->dns_results_ref = LUA_NOREF;
     lua_State *L = rt->L;
     lua_createtable(L, 0, 16);
     lua_newtable(L);
@@ -533,9 +696,14 @@ static void cancel_wait(struct lb_session *ls)
         event_free(ls->timer);
         ls->timer = NULL;
     }
-    if (ls->dnsq) {
-        dns_cancel(ls->dnsq);
-        ls->dnsq = NULL;
+    for (int i = 0; i < ls->dns_n; i++) {
+        dns_cancel(ls->dns[i].q);
+        ls->dns[i].q = NULL;
+    }
+    ls->dns_n = ls->dns_pending = 0;
+    if (ls->dns_results_ref != LUA_NOREF) {
+        luaL_unref(ls->rt->L, LUA_REGISTRYINDEX, ls->dns_results_ref);
+        ls->dns_results_ref = LUA_NOREF;
     }
     ls->waiting = 0;
 }
@@ -614,7 +782,7 @@ static enum verdict_action action_of(const char *a)
 {
     static const struct { const char *name; enum verdict_action act; } map[] = {
         { "accept", V_ACCEPT }, { "reject", V_REJECT }, { "tempfail", V_TEMPFAIL },
-        { "drop", V_DROP }, { "discard", V_DISCARD },
+        { "drop", V_DROP }, { "discard", V_DISCARD }, { "redirect", V_REDIRECT },
     };
     for (size_t i = 0; a && i < sizeof map / sizeof map[0]; i++)
         if (strcmp(a, map[i].name) == 0)
@@ -628,7 +796,8 @@ static void error_verdict(struct lb_session *ls, struct verdict *v, const char *
     luaL_traceback(L, ls->co, msg, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ls->s_ref);
     lua_getfield(L, -1, "id");
-    log_kv(LOG_ERR, "hook_error", "session", lua_tostring(L, -1), "phase", phase_names[ls->phase],
+    log_kv(LOG_ERR, "hook_error", "session", lua_tostring(L, -1),
+           "phase", ls->phase < PH_COUNT ? phase_names[ls->phase] : "task",
            "error", lua_tostring(L, -3), NULL);
     lua_pop(L, 3);
     srv.stats.hook_errors++;
@@ -671,7 +840,10 @@ static void read_verdict(struct lb_session *ls, int nres, struct verdict *v)
         v->code = (int)lua_tointeger(co, -1);
         lua_getfield(co, 1, "text");
         copy_reply_text(v->text, sizeof v->text, lua_tostring(co, -1));
-        lua_pop(co, 3);
+        lua_getfield(co, 1, "address");
+        if (lua_isstring(co, -1))
+            snprintf(v->route.address, sizeof v->route.address, "%s", lua_tostring(co, -1));
+        lua_pop(co, 4);
         if (nres >= 2 && lua_isstring(co, 2))
             snprintf(v->policy, sizeof v->policy, "%s", lua_tostring(co, 2));
     }
@@ -695,7 +867,11 @@ static int resume(struct lb_session *ls, int nargs, struct verdict *v)
         lua_pop(ls->co, nres);
         return 0;
     }
-    if (st == LUA_OK) {
+    if (st == LUA_OK && ls->phase == PH_TASK) {
+        memset(v, 0, sizeof *v);
+        snprintf(v->text, sizeof v->text, "%s", nres >= 1 && lua_isstring(ls->co, 1) ? lua_tostring(ls->co, 1) : "");
+        lua_settop(ls->co, 0);
+    } else if (st == LUA_OK) {
         read_verdict(ls, nres, v);
         if (ls->phase == PH_RCPT && v->action != V_ERROR)
             read_route(ls, v);
@@ -898,4 +1074,44 @@ void lb_disconnect(struct lb_session *ls)
         drop_coroutine(ls);
         ls->running = 0;
     }
+}
+
+/* ---- control-socket tasks --------------------------------------------- */
+
+struct task {
+    struct lb_session ls;
+    void (*cb)(void *, int, const char *);
+    void *cbarg;
+};
+
+static void task_done(void *owner, const struct verdict *v)
+{
+    struct task *t = owner;
+    t->cb(t->cbarg, v->action != V_ERROR, v->action == V_ERROR ? "script error (see the log)" : v->text);
+    lb_session_close(&t->ls);
+    free(t);
+}
+
+void lb_task(struct runtime *rt, const char *module, const char *fn, const char *arg,
+             void (*cb)(void *cbarg, int ok, const char *text), void *cbarg)
+{
+    struct task *t = calloc(1, sizeof *t);
+    t->cb = cb;
+    t->cbarg = cbarg;
+    lb_session_open(&t->ls, rt, t, task_done);
+    lb_set_str(&t->ls, "id", "control");
+    struct lb_session *ls = &t->ls;
+    new_coroutine(ls);
+    lua_State *co = ls->co;
+    ls->phase = PH_TASK;
+    ls->running = 1;
+    lua_getglobal(co, "require");
+    lua_pushstring(co, module);
+    lua_call(co, 1, 1);
+    lua_getfield(co, -1, fn);
+    lua_remove(co, -2);
+    lua_pushstring(co, arg);
+    struct verdict v;
+    if (resume(ls, 1, &v))
+        task_done(t, &v);
 }

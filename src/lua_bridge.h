@@ -17,11 +17,15 @@ struct event;
 
 enum phase {
     PH_CONNECT, PH_HELO, PH_AUTH, PH_MAIL, PH_RCPT, PH_DATA, PH_DATA_LINE, PH_DATA_END,
-    PH_DISCONNECT, PH_COUNT
+    PH_DISCONNECT, PH_COUNT,
+    PH_TASK = PH_COUNT             /* a control-socket task (test-address) */
 };
+#define LB_DNS_MAX 16
 extern const char *const phase_names[PH_COUNT];
 
-enum verdict_action { V_NONE, V_ACCEPT, V_REJECT, V_TEMPFAIL, V_DROP, V_DISCARD, V_ERROR };
+/* V_REDIRECT (data_line/data_end only): the message goes to route.address
+ * instead of its recipients. */
+enum verdict_action { V_NONE, V_ACCEPT, V_REJECT, V_TEMPFAIL, V_DROP, V_DISCARD, V_ERROR, V_REDIRECT };
 
 struct route {
     char kind[16];            /* local | remote | error | spamtrap | null */
@@ -47,9 +51,15 @@ struct lb_session {
     long instructions;             /* used by the current hook call */
     int waiting;                   /* an async call is outstanding */
     int running;                   /* a chain call is in progress */
+    int loading;                   /* the pseudo-session of script loading */
     struct event *timer;           /* moat.sleep */
-    void *dnsq;                    /* moat.dns.query */
-    int dns_type;
+    /* moat.dns.query / query_all: up to LB_DNS_MAX queries in flight */
+    struct lb_dnsq {
+        struct lb_session *ls;
+        void *q;
+        int type;
+    } dns[16];
+    int dns_n, dns_pending, dns_multi, dns_starting, dns_results_ref;
     void (*on_done)(void *owner, const struct verdict *v);
     void *owner;
     /* s:add_header() results, applied to the message by the SMTP layer */
@@ -90,5 +100,12 @@ void lb_disconnect(struct lb_session *ls);
 
 /* An accepted recipient joins s.rcpts, with its route. */
 void lb_rcpt_accepted(struct lb_session *ls, const char *raw, const struct route *r);
+
+
+/* Run require(module)[fn](arg) in a coroutine of its own (it may use DNS and
+ * sleep); cb(cbarg, ok, text) gets its string result, possibly before
+ * lb_task returns. */
+void lb_task(struct runtime *rt, const char *module, const char *fn, const char *arg,
+             void (*cb)(void *cbarg, int ok, const char *text), void *cbarg);
 
 #endif

@@ -171,7 +171,7 @@ static int reply_verdict(struct session *s, const struct verdict *v)
 
 static const char *action_name(const struct verdict *v)
 {
-    static const char *names[] = { "none", "accept", "reject", "tempfail", "drop", "discard", "error" };
+    static const char *names[] = { "none", "accept", "reject", "tempfail", "drop", "discard", "error", "redirect" };
     return names[v->action];
 }
 
@@ -725,6 +725,23 @@ static void spool_done(void *arg, int err, double latency_ms)
     process_input(s);
 }
 
+/* A redirect replaces every recipient with one address (server-wide rules). */
+static void redirect_message(struct session *s, const char *address)
+{
+    for (int i = 0; i < s->nrcpts; i++)
+        free(s->rcpts[i].raw);
+    s->nrcpts = 1;
+    s->rcpts[0].raw = strdup(address);
+    s->rcpts[0].discard = 0;
+    struct smtp_path p;
+    char bracketed[PATH_MAX_LEN + 3];
+    snprintf(bracketed, sizeof bracketed, "<%s>", address);
+    const char *rest;
+    if (parse_path(bracketed, &p, &rest) == PATH_OK)
+        default_route(&s->rt->cfg, &p, &s->rcpts[0].route);
+    log_kv(LOG_INFO, "redirect", "session", s->id, "qid", s->qid, "to", address, NULL);
+}
+
 static void finish_message(struct session *s, const struct verdict *v)
 {
     if (s->too_big) {
@@ -737,6 +754,8 @@ static void finish_message(struct session *s, const struct verdict *v)
         srv.stats.messages_rejected++;
         log_transaction(s, action_name(v), v->policy, v->text);
     } else {
+        if (v->action == V_REDIRECT)
+            redirect_message(s, v->route.address);
         int all_discarded = 1;
         for (int i = 0; i < s->nrcpts; i++)
             all_discarded &= s->rcpts[i].discard;

@@ -48,10 +48,22 @@ end
 
 function M.discard() return verdict("discard") end
 
+-- redirect(address): in data_line/data_end, deliver the message to address
+-- instead of its recipients (server-wide rules use it).
+function M.redirect(address)
+  if type(address) ~= "string" or not address:match("^[^%s<>]+@[^%s<>@]+$") then
+    error("moat.redirect: expected an address like user@example.test", 2)
+  end
+  return setmetatable({ action = "redirect", address = address }, Verdict)
+end
+
 M.sleep = core.sleep
 M.log = core.log
 M.list = core.list
-M.dns = { query = core.dns_query }
+M.dns = { query = core.dns_query, query_all = core.dns_query_all, reverse = core.dns_reverse }
+M.settings = core.settings
 M.tempblock = core.tempblock
+M.table_text = core.table_text
+M.is_local_address = core.is_local_address
 
 return M
