@@ -1,6 +1,6 @@
 # moat - build, deps, run, test.  See README.md.
 CC      ?= cc
-PKGS    := lua5.4 libevent libevent_pthreads libcares openssl
+PKGS    := lua5.4 libevent libevent_pthreads libevent_openssl libcares openssl
 DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
            libcrypt-dev lua-busted lua-socket dnsmasq-base rbldnsd swaks
 CFLAGS  ?= -O2 -g
@@ -9,10 +9,10 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-protot
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool
+CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts
 OBJ     := $(CORE:%=build/%.o) build/main.o
 ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
-UNIT    := iplist dns address
+UNIT    := iplist dns address tempblock
 BUSTED  := lua5.4 /usr/bin/busted
 
 .PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench
@@ -54,6 +54,7 @@ build/moat-asan: $(ASANOBJ)
 TEST_address := address
 TEST_iplist  := iplist
 TEST_dns     := dns log
+TEST_tempblock := tempblock
 define unit_test
 build/test_$(1): tests/unit/test_$(1).c $$(TEST_$(1):%=build/asan/%.o) | build
 	$$(CC) $$(CFLAGS) $$(SAN) -Isrc -o $$@ $$^ $$(LDLIBS)

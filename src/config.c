@@ -194,11 +194,65 @@ static int read_listeners(lua_State *L, struct config *c, char *err, size_t errl
     return rc ? rc : check_socket_conflicts(c, err, errlen);
 }
 
+static int read_domain(lua_State *L, struct config *c, struct domain_conf *d, char *err, size_t errlen)
+{
+    d->name = strdup(lua_tostring(L, -2));
+    d->certificate = get_str(L, "certificate", NULL);
+    d->private_key = get_str(L, "private_key", NULL);
+    lua_getfield(L, -1, "roaming");
+    d->roaming = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : 1;
+    lua_getfield(L, -2, "relay");
+    d->relay = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : 1;
+    lua_pop(L, 2);
+    char **addrs;
+    int n;
+    read_string_list(L, "addresses", &addrs, &n);
+    d->addresses = iplist_new();
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        char name[512];
+        snprintf(name, sizeof name, "%s: domains[\"%s\"].addresses[%d]", c->path, d->name, i + 1);
+        if (rc == 0 && iplist_parse(d->addresses, addrs[i], strlen(addrs[i]), name, 1, 1, err, errlen) != 0)
+            rc = -1;
+        free(addrs[i]);
+    }
+    free(addrs);
+    iplist_finish(d->addresses);
+    return rc;
+}
+
+static int read_domains(lua_State *L, struct config *c, char *err, size_t errlen)
+{
+    lua_getfield(L, -1, "domains");
+    int rc = 0;
+    if (lua_istable(L, -1)) {
+        int n = 0;
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+            n++;
+        c->domains = calloc((size_t)n + 1, sizeof *c->domains);
+        for (lua_pushnil(L); rc == 0 && lua_next(L, -2); lua_pop(L, 1))
+            rc = read_domain(L, c, &c->domains[c->ndomains++], err, errlen);
+        if (rc != 0)
+            lua_pop(L, 1);   /* the key left by the interrupted lua_next loop */
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+const struct domain_conf *config_domain(const struct config *c, const char *domain)
+{
+    for (int i = 0; domain && i < c->ndomains; i++)
+        if (strcasecmp(c->domains[i].name, domain) == 0)
+            return &c->domains[i];
+    return NULL;
+}
+
 static int read_ip_tables(lua_State *L, struct config *c, char *err, size_t errlen)
 {
     lua_getfield(L, -1, "tables");
     int rc = 0;
     if (lua_istable(L, -1)) {
+        c->accounts_path = get_str(L, "accounts", NULL);
         for (int t = 0; t < T_NTABLES && rc == 0; t++) {
             char *path = get_str(L, ip_table_names[t], NULL);
             if (path) {
@@ -210,6 +264,49 @@ static int read_ip_tables(lua_State *L, struct config *c, char *err, size_t errl
     }
     lua_pop(L, 1);
     return rc;
+}
+
+static void read_pair(lua_State *L, const char *key, int *count, int *secs)
+{
+    lua_getfield(L, -1, key);
+    if (lua_istable(L, -1)) {
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        *count = (int)lua_tointeger(L, -2);
+        *secs = (int)lua_tointeger(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+}
+
+/* Temporary blocking counts nothing unless protection.temp_block is set:
+ * the rules are opt-in.  Explicit blocks (the spamtrap policy) use
+ * block_time and limit, whose defaults come from tempblock.c. */
+static void read_temp_block(lua_State *L, struct config *c)
+{
+    struct tb_settings *t = &c->tb;
+    tb_default_settings(t);
+    t->login_block_count = t->proto_block_count = t->login_debug_count = t->proto_debug_count = 0;
+    lua_getfield(L, -1, "protection");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "temp_block");
+        if (lua_istable(L, -1)) {
+            read_pair(L, "failed_logins", &t->login_block_count, &t->login_block_window);
+            read_pair(L, "protocol_errors", &t->proto_block_count, &t->proto_block_window);
+            read_pair(L, "debug_failed_logins", &t->login_debug_count, &t->login_debug_window);
+            read_pair(L, "debug_protocol_errors", &t->proto_debug_count, &t->proto_debug_window);
+            t->block_time = (int)get_int(L, "block_time", t->block_time);
+            t->block_limit = (int)get_int(L, "limit", t->block_limit);
+        }
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "temp_unblock");
+        if (lua_istable(L, -1)) {
+            t->unblock_time = (int)get_int(L, "time", t->unblock_time);
+            t->unblock_limit = (int)get_int(L, "limit", t->unblock_limit);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
 }
 
 static void read_limits(lua_State *L, struct config *c)
@@ -261,10 +358,13 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     }
     read_dns(L, c);
     read_limits(L, c);
+    read_temp_block(L, c);
     if (rc == 0)
         rc = read_listeners(L, c, err, errlen);
     if (rc == 0)
         rc = read_ip_tables(L, c, err, errlen);
+    if (rc == 0)
+        rc = read_domains(L, c, err, errlen);
     lua_pop(L, 1);
     return rc;
 }
@@ -295,6 +395,7 @@ void config_free(struct config *c)
     free(c->control_socket);
     free(c->dns_servers);
     free(c->log_level);
+    free(c->accounts_path);
     for (int i = 0; i < c->nlisteners; i++) {
         struct listener_conf *l = &c->listeners[i];
         for (int j = 0; j < l->nsocks; j++) {
@@ -306,6 +407,13 @@ void config_free(struct config *c)
         free(l->name);
     }
     free(c->listeners);
+    for (int i = 0; i < c->ndomains; i++) {
+        free(c->domains[i].name);
+        free(c->domains[i].certificate);
+        free(c->domains[i].private_key);
+        iplist_free(c->domains[i].addresses);
+    }
+    free(c->domains);
     for (int t = 0; t < T_NTABLES; t++)
         iplist_free(c->ip[t]);
     memset(c, 0, sizeof *c);

@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "tempblock.h"
+
 struct lua_State;
 typedef struct iplist iplist;
 
@@ -34,6 +36,14 @@ struct listener_conf {
     int max_connections;
 };
 
+/* domains = { ["example.test"] = { addresses, certificate, private_key, roaming, relay } } */
+struct domain_conf {
+    char *name;               /* lower case */
+    iplist *addresses;        /* local addresses owned by the domain (TLS certificate choice) */
+    char *certificate, *private_key;
+    int roaming, relay;       /* services' defaults for its accounts; 1 unless set false */
+};
+
 /* Address tables kept in C because the core needs them before any Lua runs. */
 enum ip_table {
     T_CLIENT, T_LAN, T_DENIED, T_BLACKLISTED, T_UNBLACKLISTABLE, T_CLUSTER, T_NTABLES
@@ -56,7 +66,11 @@ struct config {
     struct listener_conf *listeners;
     int nlisteners;
 
+    struct domain_conf *domains;
+    int ndomains;
+
     iplist *ip[T_NTABLES];    /* NULL when the table is not configured */
+    char *accounts_path;      /* tables.accounts, NULL if not set */
 
     /* SMTP limits (smtp = { ... }) */
     long max_message_size;
@@ -65,6 +79,9 @@ struct config {
     int max_errors;
     int greet_delay_ms;
     int max_line_length;
+
+    /* protection.temp_block / temp_unblock */
+    struct tb_settings tb;
 
     /* Lua limits (lua = { ... }) */
     long lua_budget;
@@ -78,5 +95,8 @@ void config_free(struct config *c);
 
 /* Is domain (lower case) one of local_domains or the main domain? */
 int config_is_local_domain(const struct config *c, const char *domain);
+
+/* The domains entry for a domain name, or NULL. */
+const struct domain_conf *config_domain(const struct config *c, const char *domain);
 
 #endif

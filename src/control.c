@@ -19,6 +19,8 @@
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
+#include "tempblock.h"
+#include <time.h>
 
 #define CTL_LINE_MAX 1024
 
@@ -71,6 +73,28 @@ static void test_address_done(void *arg, int ok, const char *text)
     ctl_finish(c);
 }
 
+static void list_blocked(void *arg, const char *ip, const char *kind, int left, const char *reason)
+{
+    evbuffer_add_printf(arg, "%s %s %ds %s\n", ip, kind, left, reason && *reason ? reason : "-");
+}
+
+static void cmd_unblock(const char *ip, struct evbuffer *out)
+{
+    if (!ip || !*ip) {
+        evbuffer_add_printf(out, "error: usage: unblock IP\n");
+        return;
+    }
+    int r = tb_unblock_str(srv.tempblock, ip);
+    if (r < 0)
+        evbuffer_add_printf(out, "error: '%s' is not an IP address\n", ip);
+    else if (r == 0)
+        evbuffer_add_printf(out, "error: %s is not blocked\n", ip);
+    else {
+        log_kv(LOG_INFO, "unblocked", "ip", ip, "by", "moatctl", NULL);
+        evbuffer_add_printf(out, "ok\n%s unblocked\n", ip);
+    }
+}
+
 static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
 {
     char *arg = strchr(line, ' ');
@@ -84,6 +108,11 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\nreloaded: generation %lu\n", srv.rt->generation);
         else
             evbuffer_add_printf(out, "error: %s\n", err);
+    } else if (strcmp(line, "blocked") == 0) {
+        evbuffer_add_printf(out, "ok\n");
+        tb_foreach(srv.tempblock, time(NULL), list_blocked, out);
+    } else if (strcmp(line, "unblock") == 0) {
+        cmd_unblock(arg, out);
     } else if (strcmp(line, "test-address") == 0) {
         if (!arg || !*arg) {
             evbuffer_add_printf(out, "error: usage: test-address IP\n");
@@ -92,7 +121,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         c->waiting = 1;
         lb_task(srv.rt, "moat.status", "test_address", arg, test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, blocked, unblock)\n", line);
     }
 }
 

@@ -18,11 +18,111 @@
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
+#include "tempblock.h"
+#include <time.h>
 
 #define BACKLOG 1024
 
 static struct listener_sock *socks;
 static int nsocks;
+
+/* ---- per-address connection counts ------------------------------------- *
+ * One table per listener (all its sockets share the limits), keyed by the
+ * 16-byte address.  Only addresses with open connections are in it, so it
+ * never holds more entries than there are connections. */
+#define COUNT_BUCKETS 4096
+
+struct conn_count {
+    unsigned char key[16];
+    int n;
+    struct conn_count *next;
+};
+
+struct listener_state {
+    int active;
+    struct conn_count *buckets[COUNT_BUCKETS];
+};
+
+static struct listener_state *lstate;   /* one per configured listener */
+static int nlstate;
+
+static unsigned bucket_of(const unsigned char key[16])
+{
+    unsigned h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h % COUNT_BUCKETS;
+}
+
+static struct conn_count **find_count(struct listener_state *st, const unsigned char key[16])
+{
+    struct conn_count **p = &st->buckets[bucket_of(key)];
+    while (*p && memcmp((*p)->key, key, 16) != 0)
+        p = &(*p)->next;
+    return p;
+}
+
+static int count_of(struct listener_state *st, const unsigned char key[16])
+{
+    struct conn_count **p = find_count(st, key);
+    return *p ? (*p)->n : 0;
+}
+
+static void count_add(struct listener_state *st, const unsigned char key[16], int delta)
+{
+    struct conn_count **p = find_count(st, key);
+    if (!*p) {
+        if (delta <= 0)
+            return;
+        *p = calloc(1, sizeof **p);
+        memcpy((*p)->key, key, 16);
+    }
+    (*p)->n += delta;
+    st->active += delta;
+    if ((*p)->n <= 0) {
+        struct conn_count *dead = *p;
+        *p = dead->next;
+        free(dead);
+    }
+}
+
+void listener_conn_closed(const struct listener_sock *ls, const unsigned char key[16])
+{
+    if (ls->listener_index < nlstate)
+        count_add(&lstate[ls->listener_index], key, -1);
+}
+
+/* Refuse with a reply: write it straight to the new socket (it fits in the
+ * socket buffer of a fresh connection) and close. */
+static void refuse_421(int fd, const char *ip, const struct listener_sock *ls, const char *why, const char *text)
+{
+    char line[256];
+    int n = snprintf(line, sizeof line, "421 4.7.0 %s %s\r\n", srv.rt->cfg.server_name, text);
+    ssize_t w = send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)w;
+    log_kv(LOG_INFO, "refused", "ip", ip, "socket", ls->desc, "reason", why, NULL);
+    close(fd);
+}
+
+/* The limits of seed 000, in order: the listener is full; free slots are at
+ * or below the reserve and the address is not a client; the address is past
+ * its per-address limit (limit_non_client for non-clients).  cluster_ips are
+ * exempt from all of them. */
+static const char *over_limit(const struct listener_conf *lc, struct listener_state *st,
+                              const unsigned char key[16], int client)
+{
+    if (lc->max_connections && st->active >= lc->max_connections)
+        return "max_connections";
+    if (lc->max_connections && lc->reserve_for_clients && !client &&
+        lc->max_connections - st->active <= lc->reserve_for_clients)
+        return "reserve_for_clients";
+    int limit = lc->limit_per_address;
+    if (!client && lc->limit_non_client)
+        limit = lc->limit_non_client;
+    if (limit && count_of(st, key) >= limit)
+        return client || !lc->limit_non_client ? "limit_per_address" : "limit_non_client";
+    return NULL;
+}
 
 static void addr_text(const struct sockaddr *sa, char *buf, size_t len)
 {
@@ -72,7 +172,26 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
             return;
         }
     }
-    smtp_session_new(fd, sa, (socklen_t)salen, ls);
+    unsigned char key[16];
+    ip_key_from_sa(sa, key);
+    int left = srv.tempblock ? tb_blocked(srv.tempblock, key, time(NULL)) : 0;
+    if (left > 0 && !iplist_contains_key(c->ip[T_UNBLACKLISTABLE], key)) {
+        srv.stats.refused_blocked++;
+        refuse_421(fd, ip, ls, "temporarily_blocked", "Your address is temporarily blocked, try again later");
+        return;
+    }
+    struct listener_state *st = &lstate[ls->listener_index];
+    if (!iplist_contains_key(c->ip[T_CLUSTER], key)) {
+        const char *why = over_limit(&c->listeners[ls->listener_index], st, key,
+                                     iplist_contains_key(c->ip[T_CLIENT], key));
+        if (why) {
+            srv.stats.refused_limit++;
+            refuse_421(fd, ip, ls, why, "Too many connections, try again later");
+            return;
+        }
+    }
+    count_add(st, key, 1);
+    smtp_session_new(fd, sa, (socklen_t)salen, ls, key);
 }
 
 static void on_accept_error(struct evconnlistener *evl, void *arg)
@@ -167,6 +286,8 @@ int listeners_open(const struct config *cfg, char *err, size_t errlen)
     for (int i = 0; i < cfg->nlisteners; i++)
         total += cfg->listeners[i].nsocks * 2;
     socks = calloc((size_t)total + 1, sizeof *socks);
+    lstate = calloc((size_t)cfg->nlisteners + 1, sizeof *lstate);
+    nlstate = cfg->nlisteners;
     for (int i = 0; i < cfg->nlisteners; i++)
         for (int j = 0; j < cfg->listeners[i].nsocks; j++)
             if (open_sock(i, j, &cfg->listeners[i].socks[j], err, errlen) != 0)
@@ -186,4 +307,14 @@ void listeners_free(void)
 {
     free(socks);
     socks = NULL;
+    for (int i = 0; i < nlstate; i++)
+        for (int b = 0; b < COUNT_BUCKETS; b++)
+            while (lstate[i].buckets[b]) {
+                struct conn_count *n = lstate[i].buckets[b]->next;
+                free(lstate[i].buckets[b]);
+                lstate[i].buckets[b] = n;
+            }
+    free(lstate);
+    lstate = NULL;
+    nlstate = 0;
 }

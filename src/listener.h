@@ -19,6 +19,11 @@ struct listener_sock {
 };
 
 int listeners_open(const struct config *cfg, char *err, size_t errlen);
+
+/* Connection accounting across all sockets of a listener (seed 000
+ * "Limiting Connections from the same Network Address"): a session that was
+ * admitted calls listener_conn_closed when it ends. */
+void listener_conn_closed(const struct listener_sock *ls, const unsigned char key[16]);
 void listeners_close(void);   /* stop accepting */
 void listeners_free(void);    /* after every session has ended */
 

@@ -25,6 +25,8 @@
 #include "log.h"
 #include "runtime.h"
 #include "server.h"
+#include "tempblock.h"
+#include <time.h>
 
 const char *const phase_names[PH_COUNT] = {
     "connect", "helo", "auth", "mail_from", "rcpt", "data", "data_line", "data_end", "disconnect",
@@ -419,6 +421,54 @@ static int l_is_local_address(lua_State *L)
     return 1;
 }
 
+/* moat.tempblock: the process-wide temporary blocks (they survive reloads). */
+static int l_tb_add(lua_State *L)
+{
+    const char *ip = luaL_checkstring(L, 1);
+    const char *reason = luaL_optstring(L, 2, "policy");
+    if (!srv.tempblock)
+        return luaL_error(L, "moat.tempblock is not available here");
+    /* White holes are never blocked (seed 002). */
+    if (iplist_contains_str(rt_of(L)->cfg.ip[T_UNBLACKLISTABLE], ip)) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, "white hole");
+        return 2;
+    }
+    enum tb_result r = tb_block_str(srv.tempblock, ip, reason, time(NULL));
+    if (r == TB_BLOCKED) {
+        log_kv(LOG_WARN, "blocked", "ip", ip, "reason", reason, NULL);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushstring(L, "refused");
+    return 2;
+}
+
+static int l_tb_blocked(lua_State *L)
+{
+    int left = srv.tempblock ? tb_blocked_str(srv.tempblock, luaL_checkstring(L, 1), time(NULL)) : 0;
+    if (left > 0)
+        lua_pushinteger(L, left);
+    else
+        lua_pushboolean(L, 0);
+    return 1;
+}
+
+static int l_tb_trusted(lua_State *L)
+{
+    lua_pushboolean(L, srv.tempblock && tb_trusted_str(srv.tempblock, luaL_checkstring(L, 1), time(NULL)) > 0);
+    return 1;
+}
+
+static void push_tempblock(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        { "add", l_tb_add }, { "blocked", l_tb_blocked }, { "trusted", l_tb_trusted }, { NULL, NULL },
+    };
+    luaL_newlib(L, fns);
+}
+
 static int l_config(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
@@ -480,6 +530,8 @@ static int luaopen_moat_core(lua_State *L)
     luaL_newlib(L, fns);
     lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
     lua_setfield(L, -2, "settings");
+    push_tempblock(L);
+    lua_setfield(L, -2, "tempblock");
     return 1;
 }
 

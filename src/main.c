@@ -17,6 +17,8 @@
 #include "server.h"
 #include "smtp.h"
 #include "spool.h"
+#include "tempblock.h"
+#include "worker.h"
 
 struct server srv;
 
@@ -68,6 +70,7 @@ int server_reload(char *err, size_t errlen)
     }
     struct runtime *old = srv.rt;
     srv.rt = rt;      /* new sessions start here; running ones keep theirs */
+    tb_configure(srv.tempblock, &rt->cfg.tb);   /* blocks and counters survive */
     runtime_unref(old);
     apply_log_level(&rt->cfg);
     srv.stats.reloads_ok++;
@@ -125,6 +128,12 @@ static int start(const char *path, char *err, size_t errlen)
         return -1;
     const struct config *c = &srv.rt->cfg;
     apply_log_level(c);
+    srv.tempblock = tb_new();
+    tb_configure(srv.tempblock, &c->tb);
+    if (worker_init(srv.base, 2) != 0) {
+        snprintf(err, errlen, "cannot start worker threads");
+        return -1;
+    }
     srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, err, errlen);
     if (!srv.spool)
         return -1;
@@ -187,6 +196,8 @@ int main(int argc, char **argv)
     control_close();
     smtp_close_all();
     spool_close(srv.spool);    /* finishes queued writes: nothing half-written */
+    worker_shutdown();
+    tb_free(srv.tempblock);
     dns_free(srv.dns);
     runtime_unref(srv.rt);
     listeners_free();

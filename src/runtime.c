@@ -1,5 +1,7 @@
 /* runtime.c - load and reference-count configuration generations. */
 #include "runtime.h"
+#include "tls.h"
+#include "accounts.h"
 
 #include <lua.h>
 #include <limits.h>
@@ -46,6 +48,9 @@ struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
         return NULL;
     }
     if (lb_load_config(rt, config_path, err, errlen) != 0 ||
+        tls_load(&rt->cfg, &rt->tls, err, errlen) != 0 ||
+        (rt->cfg.accounts_path &&
+         !(rt->accounts = accounts_load(rt->cfg.accounts_path, &rt->cfg, err, errlen))) ||
         lb_load_policies(rt, err, errlen) != 0) {
         runtime_unref(rt);
         return NULL;
@@ -65,6 +70,8 @@ void runtime_unref(struct runtime *rt)
         return;
     if (rt->L)
         lua_close(rt->L);
+    tls_free(rt->tls);
+    accounts_free(rt->accounts);
     config_free(&rt->cfg);
     free(rt);
 }

@@ -12,6 +12,9 @@
 #include "config.h"
 #include "lua_bridge.h"
 
+struct tls_ctx;
+struct accounts;
+
 struct runtime {
     int refs;
     unsigned long generation;
@@ -21,6 +24,8 @@ struct runtime {
     unsigned phase_mask;           /* 1 << phase for phases that have hooks */
     size_t mem_used, mem_limit;    /* Lua allocator accounting */
     struct lb_session *current;    /* the session whose hook is running now */
+    struct tls_ctx *tls;           /* certificates of this generation, NULL if none */
+    struct accounts *accounts;     /* tables.accounts, NULL if none (no AUTH) */
 };
 
 /* Where lua/ and policies/ live: the directory of the moat binary, or $MOAT_ROOT. */

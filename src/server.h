@@ -11,6 +11,7 @@ struct event_base;
 struct runtime;
 struct spool;
 struct dns;
+struct tempblock;
 
 struct stats {
     uint64_t connections_total, connections_current;
@@ -28,6 +29,7 @@ struct server {
     struct runtime *rt;        /* current generation; sessions hold their own ref */
     struct spool *spool;
     struct dns *dns;
+    struct tempblock *tempblock;   /* temporary blocks outlive reloads */
     struct stats stats;
     int stopping;
 };

@@ -17,6 +17,9 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -36,6 +39,10 @@
 #include "runtime.h"
 #include "server.h"
 #include "spool.h"
+#include "tls.h"
+#include "accounts.h"
+#include "tempblock.h"
+#include "worker.h"
 
 #define CMD_LINE_MAX 2048          /* RFC 5321 says 512; extensions need more */
 #define OUT_MAX (256 * 1024)       /* stop reading while the client does not read */
@@ -58,6 +65,7 @@ struct session {
     struct listener_sock *lsock;
     struct event *greet_timer;
     char ip[64], local_ip[64];
+    unsigned char ipkey[16];      /* for the listener's per-address counts */
     int port, local_port;
     enum sstate state;
     int busy;                     /* waiting for a hook or the spool */
@@ -65,8 +73,17 @@ struct session {
     int closing;                  /* close once the output is flushed */
     int skipping_line;            /* discarding an overlong line */
     int esmtp;
+    int tls_active;               /* TLS is running (tls = on, or after STARTTLS) */
+    char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
     int errors;
+    int debug;                    /* past a debug threshold: log the dialogue */
+    enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_state;
+    char auth_user[256];          /* LOGIN: the user given so far */
+    int auth_ok;                  /* the password check's result, for the auth hook */
+    int relay_allowed;            /* the authenticated account may relay */
+    struct auth_job *auth_job;    /* password check running off-loop */
     char helo[256];
+    char user[256];               /* authenticated user, "" if none */
     const char *client_status;
 
     /* transaction */
@@ -111,12 +128,20 @@ void smtp_close_all(void)
 static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void reply(struct session *s, const char *fmt, ...)
 {
-    struct evbuffer *out = bufferevent_get_output(s->bev);
+    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    evbuffer_add_vprintf(out, fmt, ap);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof line)
+        n = sizeof line - 1;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    evbuffer_add(out, line, (size_t)n);
     evbuffer_add(out, "\r\n", 2);
+    if (s->debug)
+        log_kv(LOG_INFO, "debug_out", "session", s->id, "line", line, NULL);
 }
 
 static void close_after_reply(struct session *s)
@@ -125,6 +150,27 @@ static void close_after_reply(struct session *s)
     bufferevent_disable(s->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
         session_free(s);
+}
+
+/* Failed logins and protocol errors count against the address (seed 002
+ * "Temporarily Blocked Addresses"): past the debug threshold its sessions
+ * are logged verbatim, past the block threshold it is blocked and this
+ * session ends. */
+static void note_event(struct session *s, enum tb_event ev)
+{
+    if (!srv.tempblock)
+        return;
+    enum tb_result r = tb_event(srv.tempblock, s->ipkey, ev, time(NULL));
+    if (r == TB_DEBUG && !s->debug) {
+        s->debug = 1;
+        log_kv(LOG_INFO, "debug_on", "session", s->id, "ip", s->ip, NULL);
+    }
+    if (r == TB_BLOCKED && !iplist_contains_str(s->rt->cfg.ip[T_UNBLACKLISTABLE], s->ip)) {
+        log_kv(LOG_WARN, "blocked", "ip", s->ip, "session", s->id,
+               "reason", ev == TB_FAILED_LOGIN ? "failed_logins" : "protocol_errors", NULL);
+        reply(s, "421 4.7.0 %s Your address is temporarily blocked", s->rt->cfg.server_name);
+        close_after_reply(s);
+    }
 }
 
 /* Protocol errors are counted; past smtp.max_errors the session ends. */
@@ -138,6 +184,9 @@ static void protocol_error(struct session *s, const char *fmt, ...)
     va_end(ap);
     reply(s, "%s", text);
     s->errors++;
+    note_event(s, TB_PROTOCOL_ERROR);
+    if (s->closing)
+        return;
     if (s->errors >= s->rt->cfg.max_errors) {
         log_kv(LOG_WARN, "too_many_errors", "session", s->id, "ip", s->ip, NULL);
         reply(s, "421 4.7.0 %s Too many errors, closing connection", s->rt->cfg.server_name);
@@ -248,6 +297,7 @@ static void finish_rcpt(struct session *s, const struct verdict *v);
 static void finish_data_cmd(struct session *s, const struct verdict *v);
 static void finish_data_line(struct session *s, const struct verdict *v);
 static void finish_data_end(struct session *s, const struct verdict *v);
+static void finish_auth_hook(struct session *s, const struct verdict *v);
 
 static void on_hook_done(void *owner, const struct verdict *v)
 {
@@ -261,6 +311,7 @@ static void on_hook_done(void *owner, const struct verdict *v)
     case PH_DATA: finish_data_cmd(s, v); break;
     case PH_DATA_LINE: finish_data_line(s, v); break;
     case PH_DATA_END: finish_data_end(s, v); break;
+    case PH_AUTH: finish_auth_hook(s, v); break;
     default: break;
     }
     if (s->closing) {
@@ -352,6 +403,17 @@ static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
         finish_helo(s, &v);
 }
 
+/* AUTH only where the password cannot be sniffed (TLS here or in front). */
+static int session_secure(const struct session *s) { return s->tls_active || s->lsock->tls == TLS_EXT; }
+static int auth_offered(const struct session *s) { return s->rt->accounts && session_secure(s) && !s->user[0]; }
+
+/* STARTTLS is offered on plain sockets whose domain has a certificate. */
+static int starttls_offered(const struct session *s)
+{
+    return !s->tls_active && s->lsock->tls == TLS_OFF &&
+           tls_available(s->rt->tls, &s->rt->cfg, s->local_ip);
+}
+
 static void finish_helo(struct session *s, const struct verdict *v)
 {
     if (reply_verdict(s, v)) {
@@ -369,6 +431,10 @@ static void finish_helo(struct session *s, const struct verdict *v)
     reply(s, "250-SIZE %ld", c->max_message_size);
     reply(s, "250-8BITMIME");
     reply(s, "250-ENHANCEDSTATUSCODES");
+    if (starttls_offered(s))
+        reply(s, "250-STARTTLS");
+    if (auth_offered(s))
+        reply(s, "250-AUTH PLAIN LOGIN");
     reply(s, "250 SMTPUTF8");
 }
 
@@ -606,6 +672,55 @@ static void finish_data_cmd(struct session *s, const struct verdict *v)
     reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
 
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void setup_bev(struct session *s);
+
+/* RFC 3207.  Anything the client pipelined after STARTTLS was sent in clear
+ * text and must not be read as if it came over TLS (the STARTTLS command
+ * injection hole): it is thrown away.  After the handshake the session
+ * starts over: the client must say EHLO again, and forgets everything. */
+static void cmd_starttls(struct session *s, char *arg)
+{
+    if (*arg) {
+        protocol_error(s, "501 5.5.4 Syntax: STARTTLS");
+        return;
+    }
+    if (s->tls_active || s->lsock->tls == TLS_EXT) {
+        protocol_error(s, "503 5.5.1 Error: TLS already active");
+        return;
+    }
+    SSL *ssl = starttls_offered(s) ? tls_new_ssl(s->rt->tls, &s->rt->cfg, s->local_ip) : NULL;
+    if (!ssl) {
+        reply(s, "454 4.7.0 TLS not available");
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t junk = evbuffer_get_length(in);
+    if (junk) {
+        char n[32];
+        snprintf(n, sizeof n, "%zu", junk);
+        log_kv(LOG_WARN, "starttls_injection", "session", s->id, "ip", s->ip, "discarded_bytes", n, NULL);
+        evbuffer_drain(in, junk);
+    }
+    reply(s, "220 2.0.0 Ready to start TLS");
+    /* The filter writes after the 220 already queued in clear text. */
+    struct bufferevent *plain = s->bev;
+    s->bev = bufferevent_openssl_filter_new(srv.base, plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+    setup_bev(s);
+    s->tls_active = 1;
+    reset_transaction(s);
+    s->helo[0] = '\0';
+    s->esmtp = 0;
+    s->state = S_GREETED;
+    lb_set_str(&s->lb, "tls", "starttls");
+    lb_set_bool(&s->lb, "secure", 1);
+    lb_set_str(&s->lb, "helo", NULL);
+}
+
 static void cmd_rset(struct session *s, char *arg)
 {
     (void)arg;
@@ -644,13 +759,248 @@ static void cmd_not_implemented(struct session *s, char *arg)
     protocol_error(s, "502 5.5.1 Command not implemented");
 }
 
+/* ---- AUTH (RFC 4954: PLAIN, LOGIN) --------------------------------------- */
+
+/* Strict base64: returns the decoded length, or -1 for bad input. */
+static int b64_decode(const char *in, unsigned char *out, size_t cap)
+{
+    static const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(in), n = 0;
+    if (len % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < len; i += 4) {
+        unsigned v = 0;
+        int pad = 0;
+        for (int k = 0; k < 4; k++) {
+            char c = in[i + k];
+            const char *p = c ? strchr(tab, c) : NULL;
+            if (c == '=' && i + 4 == len && k >= 2) {
+                pad++;
+                v <<= 6;
+                continue;
+            }
+            if (!p || pad)
+                return -1;
+            v = (v << 6) | (unsigned)(p - tab);
+        }
+        for (int k = 0; k < 3 - pad; k++) {
+            if (n >= cap)
+                return -1;
+            out[n++] = (unsigned char)(v >> (16 - 8 * k));
+        }
+    }
+    return (int)n;
+}
+
+struct auth_job {
+    struct session *s;            /* NULL once the session has gone */
+    struct worker_job *job;
+    char user[256];
+    char password[256];
+    char hash[256];
+    int known, ok;
+};
+
+static void auth_finish(struct session *s, const char *user, int ok, const char *why);
+
+/* On a pool thread: crypt(3) is slow by design. */
+static void auth_work(void *arg)
+{
+    struct auth_job *a = arg;
+    /* Unknown users cost the same as known ones: no user enumeration by timing. */
+    const char *dummy = "$6$moatdummysalt$YjD9wmPzGQ5zFuRE6OjRJTqtLZvqJ1H6k2KqVwD0xvP1k0LXWCmt1ZXBrUSGhwChfOv4s0Qx5A96lH1Kc4Z7d/";
+    int ok = accounts_check_password(a->known ? a->hash : dummy, a->password);
+    a->ok = a->known && ok;
+    memset(a->password, 0, sizeof a->password);
+}
+
+static void auth_done(void *arg)
+{
+    struct auth_job *a = arg;
+    struct session *s = a->s;
+    if (s) {
+        s->auth_job = NULL;
+        s->busy = 0;
+        auth_finish(s, a->user, a->ok, a->ok ? NULL : "bad password or unknown user");
+        if (!s->closing && !s->busy)
+            process_input(s);
+        else if (s->closing && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+            session_free(s);
+    }
+    free(a);
+}
+
+static void auth_check(struct session *s, const char *user, const char *password)
+{
+    struct auth_job *a = calloc(1, sizeof *a);
+    a->s = s;
+    snprintf(a->user, sizeof a->user, "%s", user);
+    snprintf(a->password, sizeof a->password, "%s", password);
+    const struct account *acc = accounts_find(s->rt->accounts, user);
+    if (acc) {
+        a->known = 1;
+        snprintf(a->hash, sizeof a->hash, "%s", acc->hash);
+    }
+    s->auth_job = a;
+    s->busy = 1;
+    s->pending = PH_COUNT;
+    a->job = worker_submit(auth_work, auth_done, a);
+}
+
+static void finish_auth_hook(struct session *s, const struct verdict *v);
+
+/* The password was right (or not): apply Roaming, count failures, run the
+ * auth hook, answer. */
+static void auth_finish(struct session *s, const char *user, int ok, const char *why)
+{
+    const struct account *acc = ok ? accounts_find(s->rt->accounts, user) : NULL;
+    int client = strcmp(s->client_status, "client") == 0;
+    if (acc && !acc->roaming && !client) {
+        ok = 0;
+        why = "roaming disabled: login only from client addresses";
+    }
+    snprintf(s->auth_user, sizeof s->auth_user, "%s", user);
+    s->relay_allowed = ok && acc && acc->relay;
+    if (!ok)
+        log_kv(LOG_WARN, "auth_failed", "session", s->id, "ip", s->ip, "user", user, "reason", why, NULL);
+    s->auth_ok = ok;
+    struct verdict v;
+    if (hook_wait(s, PH_AUTH, lb_auth(&s->lb, user, ok, &v), &v))
+        finish_auth_hook(s, &v);
+}
+
+static void finish_auth_hook(struct session *s, const struct verdict *v)
+{
+    int ok = s->auth_ok;
+    if (ok && reply_verdict(s, v)) {
+        ok = 0;       /* a policy refused this login: the client saw its reply */
+        log_kv(LOG_INFO, "auth_refused", "session", s->id, "ip", s->ip, "user", s->auth_user, "policy", v->policy, NULL);
+    } else if (ok) {
+        snprintf(s->user, sizeof s->user, "%s", s->auth_user);
+        lb_set_str(&s->lb, "user", s->user);
+        lb_set_bool(&s->lb, "relay_allowed", s->relay_allowed);
+        log_kv(LOG_INFO, "auth", "session", s->id, "ip", s->ip, "user", s->user,
+               "relay", s->relay_allowed ? "yes" : "no", NULL);
+        if (srv.tempblock) {
+            tb_make_unblockable(srv.tempblock, s->ipkey, time(NULL));
+            if (s->relay_allowed)
+                tb_make_trusted(srv.tempblock, s->ipkey, time(NULL));
+        }
+        reply(s, "235 2.7.0 Authentication successful");
+        return;
+    } else {
+        reply(s, "535 5.7.8 Authentication credentials invalid");
+    }
+    s->auth_user[0] = '\0';
+    s->relay_allowed = 0;
+    if (!ok && !s->closing)
+        note_event(s, TB_FAILED_LOGIN);
+}
+
+/* PLAIN: authzid NUL authcid NUL password; authzid empty or the same user. */
+static void auth_plain(struct session *s, const char *b64)
+{
+    unsigned char buf[768];
+    int n = b64_decode(b64, buf, sizeof buf - 1);
+    if (n < 0) {
+        protocol_error(s, "501 5.5.2 Invalid base64 data");
+        return;
+    }
+    buf[n] = '\0';
+    const char *authz = (const char *)buf;
+    const char *user = memchr(buf, '\0', (size_t)n) ? authz + strlen(authz) + 1 : NULL;
+    const char *pass = user && user < (const char *)buf + n ? user + strlen(user) + 1 : NULL;
+    if (!pass || pass > (const char *)buf + n || !*user || strlen(user) >= 256 || strlen(pass) >= 256 ||
+        (*authz && strcmp(authz, user) != 0)) {
+        protocol_error(s, "501 5.5.2 Invalid PLAIN authentication data");
+        return;
+    }
+    auth_check(s, user, pass);
+    memset(buf, 0, sizeof buf);
+}
+
+/* One line of a SASL exchange (the reply to a 334). */
+static void auth_continue(struct session *s, const char *line)
+{
+    if (strcmp(line, "*") == 0) {
+        s->auth_state = AUTH_NONE;
+        protocol_error(s, "501 5.7.0 Authentication cancelled");
+        return;
+    }
+    int state = s->auth_state;
+    s->auth_state = AUTH_NONE;
+    if (state == AUTH_PLAIN_WAIT) {
+        auth_plain(s, line);
+        return;
+    }
+    unsigned char buf[256];
+    int n = b64_decode(line, buf, sizeof buf - 1);
+    if (n <= 0 || memchr(buf, '\0', (size_t)n)) {
+        protocol_error(s, "501 5.5.2 Invalid base64 data");
+        return;
+    }
+    buf[n] = '\0';
+    if (state == AUTH_LOGIN_USER) {
+        snprintf(s->auth_user, sizeof s->auth_user, "%s", (char *)buf);
+        s->auth_state = AUTH_LOGIN_PASS;
+        reply(s, "334 UGFzc3dvcmQ6");
+        return;
+    }
+    char user[256];
+    snprintf(user, sizeof user, "%s", s->auth_user);
+    auth_check(s, user, (char *)buf);
+    memset(buf, 0, sizeof buf);
+}
+
+static void cmd_auth(struct session *s, char *arg)
+{
+    if (!s->rt->accounts) {
+        protocol_error(s, "502 5.5.1 Error: authentication not enabled");
+        return;
+    }
+    if (!session_secure(s)) {
+        protocol_error(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+        return;
+    }
+    if (s->state < S_HELO) {
+        protocol_error(s, "503 5.5.1 Error: send HELO/EHLO first");
+        return;
+    }
+    if (s->user[0] || s->state >= S_MAIL) {
+        protocol_error(s, "503 5.5.1 Error: already authenticated or in a transaction");
+        return;
+    }
+    char *initial = strchr(arg, ' ');
+    if (initial)
+        *initial++ = '\0';
+    if (strcasecmp(arg, "PLAIN") == 0) {
+        if (initial && strcmp(initial, "=") != 0) {
+            auth_plain(s, initial);
+        } else {
+            s->auth_state = AUTH_PLAIN_WAIT;
+            reply(s, "334 ");
+        }
+    } else if (strcasecmp(arg, "LOGIN") == 0) {
+        if (initial) {
+            s->auth_state = AUTH_LOGIN_USER;
+            auth_continue(s, initial);
+        } else {
+            s->auth_state = AUTH_LOGIN_USER;
+            reply(s, "334 VXNlcm5hbWU6");
+        }
+    } else {
+        protocol_error(s, "504 5.5.4 Unrecognized authentication type");
+    }
+}
+
 static const struct command {
     const char *name;
     void (*fn)(struct session *, char *);
 } commands[] = {
     { "EHLO", cmd_ehlo }, { "HELO", cmd_helo }, { "MAIL", cmd_mail }, { "RCPT", cmd_rcpt },
     { "DATA", cmd_data }, { "RSET", cmd_rset }, { "NOOP", cmd_noop }, { "QUIT", cmd_quit },
-    { "VRFY", cmd_vrfy }, { "HELP", cmd_help }, { "EXPN", cmd_not_implemented },
+    { "VRFY", cmd_vrfy }, { "HELP", cmd_help }, { "STARTTLS", cmd_starttls }, { "AUTH", cmd_auth },
+    { "EXPN", cmd_not_implemented },
     { "TURN", cmd_not_implemented }, { "ETRN", cmd_not_implemented },
 };
 
@@ -681,9 +1031,16 @@ static void build_received(struct session *s, struct evbuffer *out)
     struct tm tm;
     localtime_r(&now, &tm);
     strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
-    const char *proto = s->esmtp ? (s->smtputf8 ? "UTF8SMTP" : "ESMTP") : "SMTP";
-    evbuffer_add_printf(out, "Received: from %s (%s [%s])\r\n\tby %s (moat) with %s id %s",
-                        s->helo[0] ? s->helo : "unknown", s->ip, s->ip, s->rt->cfg.server_name, proto, s->qid);
+    /* RFC 3848 / 6531 protocol names: ESMTP, +S with TLS, +A when authenticated. */
+    char proto[16];
+    snprintf(proto, sizeof proto, "%s%s%s", !s->esmtp ? "SMTP" : s->smtputf8 ? "UTF8SMTP" : "ESMTP",
+             s->esmtp && s->tls_active ? "S" : "", s->esmtp && s->user[0] ? "A" : "");
+    evbuffer_add_printf(out, "Received: from %s (%s [%s])", s->helo[0] ? s->helo : "unknown", s->ip, s->ip);
+    if (s->tls_active)
+        evbuffer_add_printf(out, "\r\n\t(using %s)", s->tls_info);
+    if (s->user[0])
+        evbuffer_add_printf(out, "\r\n\t(authenticated sender)");
+    evbuffer_add_printf(out, "\r\n\tby %s (moat) with %s id %s", s->rt->cfg.server_name, proto, s->qid);
     if (s->nrcpts == 1)
         evbuffer_add_printf(out, "\r\n\tfor <%s>", s->rcpts[0].raw);
     evbuffer_add_printf(out, ";\r\n\t%s\r\n", date);
@@ -952,7 +1309,14 @@ static void process_input(struct session *s)
         int r = read_command(s, in, line, sizeof line);
         if (r == 0)
             break;
-        if (r > 0)
+        if (r < 0)
+            continue;
+        if (s->debug)
+            log_kv(LOG_INFO, "debug_in", "session", s->id,
+                   "line", s->auth_state != AUTH_NONE || strncasecmp(line, "AUTH ", 5) == 0 ? "(authentication data)" : line, NULL);
+        if (s->auth_state != AUTH_NONE)
+            auth_continue(s, line);
+        else
             dispatch(s, line);
     }
 }
@@ -981,6 +1345,23 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct session *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done (tls = on sockets and after STARTTLS). */
+        SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+        if (ssl) {
+            tls_describe(ssl, s->tls_info, sizeof s->tls_info);
+            log_kv(LOG_INFO, "tls", "session", s->id, "ip", s->ip, "protocol", s->tls_info,
+                   "sni", SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name), NULL);
+        }
+        return;
+    }
+    if ((what & BEV_EVENT_ERROR) && bufferevent_openssl_get_ssl(s->bev)) {
+        unsigned long e = bufferevent_get_openssl_error(s->bev);
+        char buf[256] = "connection closed";
+        if (e)
+            ERR_error_string_n(e, buf, sizeof buf);
+        log_kv(LOG_INFO, "tls_error", "session", s->id, "ip", s->ip, "error", buf, NULL);
+    }
     if (what & BEV_EVENT_TIMEOUT) {
         if ((what & BEV_EVENT_READING) && s->busy && !s->closing) {
             /* We are the slow one (a hook is waiting): keep the client. */
@@ -1034,15 +1415,17 @@ static void set_session_fields(struct session *s)
     lb_set_str(lb, "local_ip", s->local_ip);
     lb_set_int(lb, "local_port", s->local_port);
     lb_set_str(lb, "tls", tls_names[s->lsock->tls]);
-    lb_set_bool(lb, "secure", s->lsock->tls != TLS_OFF);
+    lb_set_bool(lb, "secure", s->lsock->tls != TLS_OFF);   /* ext: TLS done in front of us */
     lb_set_str(lb, "status", s->client_status);
     lb_set_bool(lb, "lan", iplist_contains_str(s->rt->cfg.ip[T_LAN], s->ip));
 }
 
-void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, struct listener_sock *lsock)
+void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, struct listener_sock *lsock,
+                      const unsigned char key[16])
 {
     (void)peerlen;
     struct session *s = calloc(1, sizeof *s);
+    memcpy(s->ipkey, key, 16);
     s->rt = runtime_ref(srv.rt);
     s->lsock = lsock;
     snprintf(s->id, sizeof s->id, "%lx.%lx", (unsigned long)time(NULL), ++session_serial);
@@ -1053,14 +1436,26 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
         sockaddr_text((struct sockaddr *)&local, s->local_ip, sizeof s->local_ip, &s->local_port);
     s->client_status = status_of(&s->rt->cfg, s->ip);
 
-    s->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-    /* Bounded input: libevent stops reading at the high-water mark. */
-    size_t high = (size_t)s->rt->cfg.max_line_length + CMD_LINE_MAX + 4096;
-    bufferevent_setwatermark(s->bev, EV_READ, 0, high);
-    struct timeval tmo = { s->rt->cfg.timeout_s, 0 };
-    bufferevent_set_timeouts(s->bev, &tmo, &tmo);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    if (lsock->tls == TLS_ON) {
+        /* Secure socket: TLS before SMTP, with the certificate of the domain
+         * that owns the local address; no certificate, no session (seed 000). */
+        SSL *ssl = tls_new_ssl(s->rt->tls, &s->rt->cfg, s->local_ip);
+        if (!ssl) {
+            log_kv(LOG_ERR, "tls_no_certificate", "ip", s->ip, "local", s->local_ip,
+                   "domain", tls_domain_for(&s->rt->cfg, s->local_ip), NULL);
+            listener_conn_closed(lsock, key);
+            runtime_unref(s->rt);
+            free(s);
+            close(fd);
+            return;
+        }
+        s->bev = bufferevent_openssl_socket_new(srv.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+        bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+        s->tls_active = 1;
+    } else {
+        s->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    setup_bev(s);
     open_sessions++;
     s->next = all_sessions;
     if (all_sessions)
@@ -1082,17 +1477,33 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
         finish_connect(s, &v);
 }
 
+/* Callbacks, bounded input (libevent stops reading at the high-water mark)
+ * and the idle timeout, for a new bufferevent or the TLS filter over it. */
+static void setup_bev(struct session *s)
+{
+    bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+    size_t high = (size_t)s->rt->cfg.max_line_length + CMD_LINE_MAX + 4096;
+    bufferevent_setwatermark(s->bev, EV_READ, 0, high);
+    struct timeval tmo = { s->rt->cfg.timeout_s, 0 };
+    bufferevent_set_timeouts(s->bev, &tmo, &tmo);
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
 static void session_free(struct session *s)
 {
     log_kv(LOG_INFO, "disconnect", "session", s->id, "ip", s->ip, NULL);
     if (s->job)
         spool_job_detach(s->job);
+    if (s->auth_job) {
+        s->auth_job->s = NULL;    /* the check finishes; nobody is told */
+    }
     if (s->greet_timer)
         event_free(s->greet_timer);
     lb_disconnect(&s->lb);
     reset_transaction(s);
     lb_session_close(&s->lb);
     bufferevent_free(s->bev);
+    listener_conn_closed(s->lsock, s->ipkey);
     runtime_unref(s->rt);
     open_sessions--;
     if (s->prev)

@@ -8,7 +8,7 @@ struct listener_sock;
 
 /* Take over fd (already accepted and admitted by the listener). */
 void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen,
-                      struct listener_sock *ls);
+                      struct listener_sock *ls, const unsigned char key[16]);
 
 /* Sessions still open (for shutdown). */
 int smtp_sessions_open(void);

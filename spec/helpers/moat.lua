@@ -367,13 +367,16 @@ end
 
 -- moat -c CONF --check: returns exit code, stdout, stderr.
 function M.check(conf_path)
-  local out, err = conf_path .. ".out", conf_path .. ".err"
+  local out, err = os.tmpname(), os.tmpname()
   local cmd = ("MOAT_ROOT=%s %s -c %s --check >%s 2>%s; echo $?"):format(
     shquote(M.root), shquote(M.bin()), shquote(conf_path), shquote(out), shquote(err))
   local p = assert(io.popen(cmd, "r"))
   local rc = tonumber(p:read("l"))
   p:close()
-  return rc, read_file(out) or "", read_file(err) or ""
+  local o, e = read_file(out) or "", read_file(err) or ""
+  os.remove(out)
+  os.remove(err)
+  return rc, o, e
 end
 
 -- ---- the SMTP client -----------------------------------------------------------

@@ -191,4 +191,74 @@ describe("moat core", function()
     srv:wait_log("event=message .*qid=" .. r.id .. " ip=127%.0%.0%.9 helo=helo%.example " ..
                  "from=a@remote%.example rcpts=joe@example%.test size=%d+ verdict=accept")
   end)
+
+  it("takes a whole transaction and QUIT in one write", function()
+    local c = moat.client(srv.port)
+    assert.equals(250, (c:ehlo()))
+    local msg = moat.message("one write")
+    assert(c:send("MAIL FROM:<a@remote.example>\r\nRCPT TO:<joe@example.test>\r\nDATA\r\n" ..
+                  moat.dot_stuff(msg) .. "QUIT\r\n"))
+    local r = c:read_replies(5)
+    assert.same({ 250, 250, 354, 250, 221 }, { r[1][1], r[2][1], r[3][1], r[4][1], r[5][1] })
+    assert.is_true((c:closed()))
+    c:close()
+    local f = srv:spool_files()[1]
+    assert.equals(msg, f.eml:sub(-#msg))
+  end)
+
+  it("serves many concurrent sessions, interleaved", function()
+    local clients = {}
+    for i = 1, 20 do
+      clients[i] = moat.client(srv.port, { source = "127.0.1." .. i })
+      assert.equals(220, clients[i].greeting_code)
+    end
+    for i = 1, 20 do assert.equals(250, (clients[i]:ehlo("c" .. i .. ".example"))) end
+    for i = 1, 20 do
+      assert(clients[i]:send("MAIL FROM:<s" .. i .. "@remote.example>\r\nRCPT TO:<joe@example.test>\r\nDATA\r\n"))
+    end
+    for i = 20, 1, -1 do
+      local r = clients[i]:read_replies(3)
+      assert.same({ 250, 250, 354 }, { r[1][1], r[2][1], r[3][1] })
+      assert(clients[i]:send(moat.dot_stuff(moat.message("from " .. i))))
+    end
+    for i = 1, 20 do
+      assert.equals(250, (clients[i]:read_reply()))
+      clients[i]:close()
+    end
+    local files = srv:spool_files()
+    assert.equals(20, #files)
+    local seen = {}
+    for _, f in ipairs(files) do
+      local n = f.envelope.from:match("^s(%d+)@")
+      assert.equals("127.0.1." .. n, f.envelope.ip)
+      assert.equals("c" .. n .. ".example", f.envelope.helo)
+      assert.truthy(f.eml:find("Subject: from " .. n .. "\r\n", 1, true))
+      seen[n] = true
+    end
+    for i = 1, 20 do assert.is_true(seen[tostring(i)]) end
+  end)
+
+  it("escapes odd addresses in the JSON envelope", function()
+    local c = moat.client(srv.port)
+    c:ehlo()
+    local from = '"odd \\"name\\" x"@remote.example'
+    local r = c:transaction { from = from, rcpts = { "joe@example.test" } }
+    assert.equals(250, r.final[1])
+    c:close()
+    local f = srv:spool_files()[1]
+    assert.is_table(f.envelope, f.env)
+    assert.equals(from, f.envelope.from)
+  end)
+
+  it("takes the null sender <> and HELO (not EHLO)", function()
+    local c = moat.client(srv.port)
+    assert.same({ 250, "250 mx.example.test" }, { c:cmd("HELO old.example") })
+    local r = c:transaction { from = "", rcpts = { "joe@example.test" } }
+    assert.equals(250, r.final[1])
+    c:close()
+    local f = srv:spool_files()[1]
+    assert.equals("", f.envelope.from)
+    assert.matches("^Received: from old%.example %(127%.0%.0%.1 %[127%.0%.0%.1%]%)\r\n\tby mx%.example%.test %(moat%) with SMTP id ", f.eml)
+  end)
 end)
+
