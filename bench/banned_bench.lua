@@ -114,8 +114,8 @@ for i = 1, 350 do body[#body + 1] = ("Dear friend, I am the %s of the late %s an
   WORDS[rnd(#WORDS)], NAMES[rnd(#NAMES)], i) end
 for i = 1, 80 do hdr[#hdr + 1] = ("Subject: *%s pills %d*"):format(WORDS[rnd(#WORDS)], i) end
 for i = 1, 40 do hdr[#hdr + 1] = ("X-Mailer: Bulk Sender %d*"):format(i) end
-for i = 1, 30 do hdr[#hdr + 1] = ("Received: from *\\r\\n\\tby relay%d.spam.example*"):format(i) end
-for i = 1, 80 do body[#body + 1] = ("*http://promo%d.spam.example/*"):format(i) end
+for i = 1, 30 do hdr[#hdr + 1] = ("Received: from *\\r\\n\\tby relay%d.bulkhost.invalid*"):format(i) end
+for i = 1, 80 do body[#body + 1] = ("*http://promo%d.cheap-meds.invalid/*"):format(i) end
 for i = 1, 50 do body[#body + 1] = ("*unsubscribe code %05d*"):format(i * 37) end
 for i = 1, 15 do body[#body + 1] = ("*%s*%d*"):format(("rolex"):sub(1, 3), i) end   -- short pieces: scan list
 for i = 1, 5 do body[#body + 1] = ("*v%diagra*"):format(i) end

@@ -23,8 +23,6 @@
 
 #define BACKLOG 1024
 
-static struct listener_sock *socks;
-static int nsocks;
 
 /* ---- per-address connection counts ------------------------------------- *
  * One table per listener (all its sockets share the limits), keyed by the
@@ -39,12 +37,29 @@ struct conn_count {
 };
 
 struct listener_state {
+    char name[64];
     int active;
     struct conn_count *buckets[COUNT_BUCKETS];
+    struct listener_state *next;
 };
 
-static struct listener_state *lstate;   /* one per configured listener */
-static int nlstate;
+/* Kept by listener name for the life of the process: counts survive reloads,
+ * and a listener removed by a reload keeps counting down its sessions. */
+static struct listener_state *states;
+
+static struct listener_state *state_for(const char *name)
+{
+    struct listener_state *st = states;
+    while (st && strcmp(st->name, name) != 0)
+        st = st->next;
+    if (!st) {
+        st = calloc(1, sizeof *st);
+        snprintf(st->name, sizeof st->name, "%s", name);
+        st->next = states;
+        states = st;
+    }
+    return st;
+}
 
 static unsigned bucket_of(const unsigned char key[16])
 {
@@ -88,8 +103,7 @@ static void count_add(struct listener_state *st, const unsigned char key[16], in
 
 void listener_conn_closed(const struct listener_sock *ls, const unsigned char key[16])
 {
-    if (ls->listener_index < nlstate)
-        count_add(&lstate[ls->listener_index], key, -1);
+    count_add(ls->state, key, -1);
 }
 
 /* Refuse with a reply: write it straight to the new socket (it fits in the
@@ -180,7 +194,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         refuse_421(fd, ip, ls, "temporarily_blocked", "Your address is temporarily blocked, try again later");
         return;
     }
-    struct listener_state *st = &lstate[ls->listener_index];
+    struct listener_state *st = ls->state;
     if (!iplist_contains_key(c->ip[T_CLUSTER], key)) {
         const char *why = over_limit(&c->listeners[ls->listener_index], st, key,
                                      iplist_contains_key(c->ip[T_CLIENT], key));
@@ -223,98 +237,206 @@ static int bind_one(const struct sockaddr *sa, socklen_t len, int v6only, char *
     return fd;
 }
 
-static int add_socket(int li, int si, const struct sock_conf *sc, const struct sockaddr *sa, socklen_t len,
-                      char *err, size_t errlen)
+/* ---- the socket set: opened at start, adjusted by every reload ---------- *
+ * A socket is known by what it is bound to ("127.0.0.1:2525", "[::]:2525").
+ * A reload keeps the sockets it still wants (their file descriptors never
+ * close, so no connection is refused meanwhile), opens the new ones and
+ * closes those it no longer lists.  listener_sock structures live until exit
+ * because sessions point at them. */
+static struct listener_sock *all_socks;
+
+struct want {
+    int li, si, tls;
+    struct sockaddr_storage sa;
+    socklen_t len;
+    char desc[80];
+    int optional;         /* the IPv6 half of "all": may fail on a v4-only host */
+};
+
+static void describe(const struct sockaddr *sa, int port, char *out, size_t len)
 {
-    struct listener_sock *ls = &socks[nsocks];
-    memset(ls, 0, sizeof *ls);
     char ip[64];
     addr_text(sa, ip, sizeof ip);
-    snprintf(ls->desc, sizeof ls->desc, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, sc->port);
-    int fd = bind_one(sa, len, 1, err, errlen, ls->desc);
-    if (fd < 0)
-        return -1;
-    ls->listener_index = li;
-    ls->sock_index = si;
-    ls->tls = sc->tls;
-    ls->evl = evconnlistener_new(srv.base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-    evconnlistener_set_error_cb(ls->evl, on_accept_error);
-    nsocks++;
-    char port[16];
-    snprintf(port, sizeof port, "%d", sc->port);
-    log_kv(LOG_INFO, "listening", "socket", ls->desc, "address", ip, "port", port,
-           "tls", sc->tls == TLS_ON ? "on" : sc->tls == TLS_EXT ? "ext" : "off", NULL);
-    return 0;
+    snprintf(out, len, sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d", ip, port);
 }
 
-static int open_sock(int li, int si, const struct sock_conf *sc, char *err, size_t errlen)
+static int wanted_sockets(const struct config *cfg, struct want **out)
 {
-    if (strcasecmp(sc->address, "all") == 0) {
-        struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)sc->port) };
-        v4.sin_addr.s_addr = htonl(INADDR_ANY);
-        if (add_socket(li, si, sc, (struct sockaddr *)&v4, sizeof v4, err, errlen) != 0)
-            return -1;
-        struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)sc->port) };
-        v6.sin6_addr = in6addr_any;
-        char e6[256];
-        if (add_socket(li, si, sc, (struct sockaddr *)&v6, sizeof v6, e6, sizeof e6) != 0)
-            log_kv(LOG_WARN, "no_ipv6", "error", e6, NULL);   /* a host without IPv6 still serves v4 */
-        return 0;
+    int n = 0, cap = 0;
+    struct want *w = NULL;
+    for (int li = 0; li < cfg->nlisteners; li++)
+        for (int si = 0; si < cfg->listeners[li].nsocks; si++) {
+            const struct sock_conf *sc = &cfg->listeners[li].socks[si];
+            int all = strcasecmp(sc->address, "all") == 0;
+            for (int k = 0; k < (all ? 2 : 1); k++) {
+                if (n + 1 > cap) {
+                    cap = cap ? cap * 2 : 8;
+                    w = realloc(w, (size_t)cap * sizeof *w);
+                }
+                struct want *x = &w[n++];
+                memset(x, 0, sizeof *x);
+                x->li = li;
+                x->si = si;
+                x->tls = sc->tls;
+                int v6 = all ? k == 1 : strchr(sc->address, ':') != NULL;
+                x->optional = all && v6;
+                if (v6) {
+                    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&x->sa;
+                    a->sin6_family = AF_INET6;
+                    a->sin6_port = htons((uint16_t)sc->port);
+                    if (all)
+                        a->sin6_addr = in6addr_any;
+                    else
+                        inet_pton(AF_INET6, sc->address, &a->sin6_addr);
+                    x->len = sizeof *a;
+                } else {
+                    struct sockaddr_in *a = (struct sockaddr_in *)&x->sa;
+                    a->sin_family = AF_INET;
+                    a->sin_port = htons((uint16_t)sc->port);
+                    if (all)
+                        a->sin_addr.s_addr = htonl(INADDR_ANY);
+                    else
+                        inet_pton(AF_INET, sc->address, &a->sin_addr);
+                    x->len = sizeof *a;
+                }
+                describe((struct sockaddr *)&x->sa, sc->port, x->desc, sizeof x->desc);
+            }
+        }
+    *out = w;
+    return n;
+}
+
+static struct listener_sock *find_open(const char *desc)
+{
+    for (struct listener_sock *ls = all_socks; ls; ls = ls->next)
+        if (ls->evl && strcmp(ls->desc, desc) == 0)
+            return ls;
+    return NULL;
+}
+
+static struct listener_sock *open_new(const struct want *w, char *err, size_t errlen)
+{
+    int fd = bind_one((const struct sockaddr *)&w->sa, w->len, 1, err, errlen, w->desc);
+    if (fd < 0)
+        return NULL;
+    struct listener_sock *ls = calloc(1, sizeof *ls);
+    snprintf(ls->desc, sizeof ls->desc, "%s", w->desc);
+    ls->evl = evconnlistener_new(srv.base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, -1, fd);
+    evconnlistener_set_error_cb(ls->evl, on_accept_error);
+    return ls;
+}
+
+static void log_listening(const struct listener_sock *ls, const char *event)
+{
+    char addr[80];
+    snprintf(addr, sizeof addr, "%s", ls->desc[0] == '[' ? ls->desc + 1 : ls->desc);
+    char *colon = strrchr(addr, ':');
+    const char *port = colon ? colon + 1 : "";
+    if (colon)
+        *colon = '\0';
+    size_t n = strlen(addr);
+    if (n && addr[n - 1] == ']')
+        addr[n - 1] = '\0';
+    log_kv(LOG_INFO, event, "socket", ls->desc, "address", addr, "port", port,
+           "tls", ls->tls == TLS_ON ? "on" : ls->tls == TLS_EXT ? "ext" : "off", NULL);
+}
+
+int listeners_apply(const struct config *cfg, char *err, size_t errlen)
+{
+    struct want *w;
+    int n = wanted_sockets(cfg, &w);
+    struct listener_sock **use = calloc((size_t)n + 1, sizeof *use);
+    int *fresh = calloc((size_t)n + 1, sizeof *fresh);
+    int rc = 0;
+    /* 1. Find or open everything first: a failure changes nothing. */
+    for (int i = 0; i < n && rc == 0; i++) {
+        use[i] = find_open(w[i].desc);
+        if (use[i])
+            continue;
+        char e[512];
+        use[i] = open_new(&w[i], e, sizeof e);
+        fresh[i] = use[i] != NULL;
+        if (!use[i] && w[i].optional)
+            log_kv(LOG_WARN, "no_ipv6", "error", e, NULL);
+        else if (!use[i]) {
+            snprintf(err, errlen, "%s", e);
+            rc = -1;
+        }
     }
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    socklen_t len;
-    if (strchr(sc->address, ':')) {
-        struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons((uint16_t)sc->port);
-        inet_pton(AF_INET6, sc->address, &v6->sin6_addr);
-        len = sizeof *v6;
-    } else {
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)sc->port);
-        inet_pton(AF_INET, sc->address, &v4->sin_addr);
-        len = sizeof *v4;
+    if (rc != 0) {
+        for (int i = 0; i < n; i++)
+            if (fresh[i]) {
+                evconnlistener_free(use[i]->evl);
+                free(use[i]);
+            }
+        free(use);
+        free(fresh);
+        free(w);
+        return -1;
     }
-    return add_socket(li, si, sc, (struct sockaddr *)&ss, len, err, errlen);
+    /* 2. Commit: close what is no longer wanted, point the rest at the new config. */
+    for (struct listener_sock *ls = all_socks; ls; ls = ls->next)
+        ls->wanted = 0;
+    for (int i = 0; i < n; i++)
+        if (use[i])
+            use[i]->wanted = 1;
+    for (struct listener_sock *ls = all_socks; ls; ls = ls->next)
+        if (ls->evl && !ls->wanted) {
+            evconnlistener_free(ls->evl);
+            ls->evl = NULL;
+            log_listening(ls, "closed");
+        }
+    for (int i = 0; i < n; i++) {
+        struct listener_sock *ls = use[i];
+        if (!ls)
+            continue;
+        ls->listener_index = w[i].li;
+        ls->sock_index = w[i].si;
+        ls->tls = w[i].tls;
+        ls->state = state_for(cfg->listeners[w[i].li].name);
+        if (fresh[i]) {
+            ls->next = all_socks;
+            all_socks = ls;
+            evconnlistener_enable(ls->evl);
+            log_listening(ls, "listening");
+        }
+    }
+    free(use);
+    free(fresh);
+    free(w);
+    return 0;
 }
 
 int listeners_open(const struct config *cfg, char *err, size_t errlen)
 {
-    int total = 0;
-    for (int i = 0; i < cfg->nlisteners; i++)
-        total += cfg->listeners[i].nsocks * 2;
-    socks = calloc((size_t)total + 1, sizeof *socks);
-    lstate = calloc((size_t)cfg->nlisteners + 1, sizeof *lstate);
-    nlstate = cfg->nlisteners;
-    for (int i = 0; i < cfg->nlisteners; i++)
-        for (int j = 0; j < cfg->listeners[i].nsocks; j++)
-            if (open_sock(i, j, &cfg->listeners[i].socks[j], err, errlen) != 0)
-                return -1;
-    return 0;
+    return listeners_apply(cfg, err, errlen);
 }
 
 void listeners_close(void)
 {
-    for (int i = 0; i < nsocks; i++)
-        evconnlistener_free(socks[i].evl);
-    nsocks = 0;
-    /* The array stays: sessions still point at their listener_sock. */
+    for (struct listener_sock *ls = all_socks; ls; ls = ls->next)
+        if (ls->evl) {
+            evconnlistener_free(ls->evl);
+            ls->evl = NULL;
+        }
 }
 
 void listeners_free(void)
 {
-    free(socks);
-    socks = NULL;
-    for (int i = 0; i < nlstate; i++)
+    while (all_socks) {
+        struct listener_sock *n = all_socks->next;
+        free(all_socks);
+        all_socks = n;
+    }
+    while (states) {
+        struct listener_state *st = states;
+        states = st->next;
         for (int b = 0; b < COUNT_BUCKETS; b++)
-            while (lstate[i].buckets[b]) {
-                struct conn_count *n = lstate[i].buckets[b]->next;
-                free(lstate[i].buckets[b]);
-                lstate[i].buckets[b] = n;
+            while (st->buckets[b]) {
+                struct conn_count *n = st->buckets[b]->next;
+                free(st->buckets[b]);
+                st->buckets[b] = n;
             }
-    free(lstate);
-    lstate = NULL;
-    nlstate = 0;
+        free(st);
+    }
 }

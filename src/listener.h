@@ -11,14 +11,22 @@
 struct config;
 struct sock_conf;
 
+struct listener_state;
+
 struct listener_sock {
     int listener_index, sock_index;   /* into the current config */
     int tls;                          /* enum tls_mode */
-    char desc[80];                    /* "127.0.0.1:2525" for logs */
-    struct evconnlistener *evl;
+    char desc[80];                    /* "127.0.0.1:2525", "[::]:2525": also its identity */
+    struct evconnlistener *evl;       /* NULL once a reload closed it */
+    struct listener_state *state;     /* the listener's connection counts */
+    int wanted;
+    struct listener_sock *next;
 };
 
 int listeners_open(const struct config *cfg, char *err, size_t errlen);
+/* Make the open sockets match cfg: keep, open, close.  On error nothing
+ * changed.  Call right before making cfg's runtime current. */
+int listeners_apply(const struct config *cfg, char *err, size_t errlen);
 
 /* Connection accounting across all sockets of a listener (seed 000
  * "Limiting Connections from the same Network Address"): a session that was

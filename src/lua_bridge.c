@@ -582,7 +582,8 @@ lua_State *lb_state_new(struct runtime *rt)
 /* Calls during loading run under a session-less budget of 100 hook calls. */
 static int load_call(struct runtime *rt, int nargs, int nres, char *err, size_t errlen)
 {
-    struct lb_session loading = { .rt = rt, .loading = 1 };
+    struct lb_session loading = { .rt = rt, .loading = 1, .co_ref = LUA_NOREF, .s_ref = LUA_NOREF,
+                                  .arg_ref = LUA_NOREF, .dns_results_ref = LUA_NOREF };
     long saved = rt->cfg.lua_budget;
     rt->cfg.lua_budget = (saved > 0 ? saved : 1000000) * 100;
     rt->current = &loading;

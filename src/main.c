@@ -37,29 +37,10 @@ static void apply_log_level(const struct config *c)
             log_set_level((enum log_level)i);
 }
 
-/* Listener sockets are opened once at startup; a reload that changes them
- * is refused, so that what runs always matches what the config says. */
-static int same_listeners(const struct config *a, const struct config *b)
-{
-    if (a->nlisteners != b->nlisteners)
-        return 0;
-    for (int i = 0; i < a->nlisteners; i++) {
-        const struct listener_conf *x = &a->listeners[i], *y = &b->listeners[i];
-        if (x->nsocks != y->nsocks)
-            return 0;
-        for (int j = 0; j < x->nsocks; j++)
-            if (x->socks[j].port != y->socks[j].port || x->socks[j].tls != y->socks[j].tls ||
-                strcasecmp(x->socks[j].address, y->socks[j].address) != 0)
-                return 0;
-    }
-    return 1;
-}
-
 int server_reload(char *err, size_t errlen)
 {
     struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
-    if (rt && !same_listeners(&rt->cfg, &srv.rt->cfg)) {
-        snprintf(err, errlen, "%s: listener sockets changed: restart moat to apply", rt->cfg.path);
+    if (rt && listeners_apply(&rt->cfg, err, errlen) != 0) {
         runtime_unref(rt);
         rt = NULL;
     }

@@ -73,6 +73,7 @@ struct session {
     int closing;                  /* close once the output is flushed */
     int skipping_line;            /* discarding an overlong line */
     int esmtp;
+    int tls_mode;                 /* the socket's tls setting when we were accepted */
     int tls_active;               /* TLS is running (tls = on, or after STARTTLS) */
     char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
     int errors;
@@ -347,6 +348,7 @@ static void greet_timer_cb(evutil_socket_t fd, short what, void *arg)
     struct session *s = arg;
     event_free(s->greet_timer);
     s->greet_timer = NULL;
+    s->busy = 0;
     send_greeting(s);
 }
 
@@ -404,13 +406,13 @@ static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
 }
 
 /* AUTH only where the password cannot be sniffed (TLS here or in front). */
-static int session_secure(const struct session *s) { return s->tls_active || s->lsock->tls == TLS_EXT; }
+static int session_secure(const struct session *s) { return s->tls_active || s->tls_mode == TLS_EXT; }
 static int auth_offered(const struct session *s) { return s->rt->accounts && session_secure(s) && !s->user[0]; }
 
 /* STARTTLS is offered on plain sockets whose domain has a certificate. */
 static int starttls_offered(const struct session *s)
 {
-    return !s->tls_active && s->lsock->tls == TLS_OFF &&
+    return !s->tls_active && s->tls_mode == TLS_OFF &&
            tls_available(s->rt->tls, &s->rt->cfg, s->local_ip);
 }
 
@@ -687,7 +689,7 @@ static void cmd_starttls(struct session *s, char *arg)
         protocol_error(s, "501 5.5.4 Syntax: STARTTLS");
         return;
     }
-    if (s->tls_active || s->lsock->tls == TLS_EXT) {
+    if (s->tls_active || s->tls_mode == TLS_EXT) {
         protocol_error(s, "503 5.5.1 Error: TLS already active");
         return;
     }
@@ -1215,7 +1217,7 @@ static int data_step(struct session *s, struct evbuffer *in)
     struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
     size_t max = (size_t)s->rt->cfg.max_line_length;
     if (pos.pos < 0) {
-        if (inlen > max) {
+        if (inlen > max + 1) {      /* + 1: the CR may be here, its LF still on the way */
             /* Overlong line: keep nothing of it, remember to refuse the message. */
             s->line_too_long = 1;
             evbuffer_drain(in, inlen);
@@ -1227,6 +1229,12 @@ static int data_step(struct session *s, struct evbuffer *in)
     const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
     int crlf = linelen >= 2 && line[linelen - 2] == '\r';
     size_t content = linelen - 1 - (size_t)crlf;
+    if (content > max) {
+        s->line_too_long = 1;
+        s->prev_crlf = crlf;
+        evbuffer_drain(in, linelen);
+        return 1;
+    }
     if (content == 1 && line[0] == '.' && crlf && s->prev_crlf) {
         evbuffer_drain(in, linelen);
         /* A message with no blank line ends inside its header. */
@@ -1268,14 +1276,15 @@ static int read_command(struct session *s, struct evbuffer *in, char *buf, size_
 {
     struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
     if (pos.pos < 0) {
-        if (evbuffer_get_length(in) > CMD_LINE_MAX) {
+        if (evbuffer_get_length(in) > CMD_LINE_MAX + 1) {   /* + 1: a CR whose LF is on the way */
             evbuffer_drain(in, evbuffer_get_length(in));
             s->skipping_line = 1;
         }
         return 0;
     }
     size_t n = (size_t)pos.pos;
-    if (s->skipping_line || n >= cap) {
+    size_t content = n > 0 && evbuffer_pullup(in, (ev_ssize_t)n)[n - 1] == '\r' ? n - 1 : n;
+    if (s->skipping_line || content > CMD_LINE_MAX || n + 1 > cap) {
         evbuffer_drain(in, n + 1);
         s->skipping_line = 0;
         protocol_error(s, "500 5.5.2 Error: line too long");
@@ -1414,8 +1423,8 @@ static void set_session_fields(struct session *s)
     lb_set_int(lb, "port", s->port);
     lb_set_str(lb, "local_ip", s->local_ip);
     lb_set_int(lb, "local_port", s->local_port);
-    lb_set_str(lb, "tls", tls_names[s->lsock->tls]);
-    lb_set_bool(lb, "secure", s->lsock->tls != TLS_OFF);   /* ext: TLS done in front of us */
+    lb_set_str(lb, "tls", tls_names[s->tls_mode]);
+    lb_set_bool(lb, "secure", s->tls_mode != TLS_OFF);   /* ext: TLS done in front of us */
     lb_set_str(lb, "status", s->client_status);
     lb_set_bool(lb, "lan", iplist_contains_str(s->rt->cfg.ip[T_LAN], s->ip));
 }
@@ -1426,6 +1435,7 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     (void)peerlen;
     struct session *s = calloc(1, sizeof *s);
     memcpy(s->ipkey, key, 16);
+    s->tls_mode = lsock->tls;
     s->rt = runtime_ref(srv.rt);
     s->lsock = lsock;
     snprintf(s->id, sizeof s->id, "%lx.%lx", (unsigned long)time(NULL), ++session_serial);

@@ -7,7 +7,8 @@
 --     a    = { ["mx1.good.example"] = "192.0.2.1", ["multi.example"] = { "192.0.2.2", "192.0.2.3" } },
 --     aaaa = { ["v6.example"] = "2001:db8::1" },
 --     mx   = { ["good.example"] = "mx1.good.example",                     -- preference 10
---              ["two.example"] = { { "mx1.good.example", 10 }, { "mx2.two.example", 20 } } },
+--              ["two.example"] = { { "mx1.good.example", 10 }, { "mx2.two.example", 20 } },
+--              ["pref.example"] = { "mx1.good.example", 30 } },                  -- one host, preference 30
 --     ptr  = { ["192.0.2.1"] = "mx1.good.example" },                    -- an IP or a full in-addr/ip6 name
 --     txt  = { ["t.example"] = "v=spf1 -all" },                        -- or a list of strings
 --     wildcard_a = { ["dyn.example"] = "192.0.2.9" },  -- A (or AAAA) for the name AND every name under it
@@ -21,6 +22,7 @@
 --   d:queries()          -> list of { type = "MX", name = "good.example" } asked so far, in order
 --   d:asked(name [,type])-> how many queries for that name (case-insensitive), optionally of that type
 --   d:clear()            -> forget the queries so far (d:queries() only shows later ones)
+--   (queries/asked/clear first wait until the log shows every query answered so far)
 --   d:stop()             -> kill it (also dns.stop_all(), for after_each / teardown)
 --
 --   -- rbldnsd serving a DNSBL zone (ip4set): listed addresses answer 127.0.0.2
@@ -33,6 +35,12 @@
 --
 --   -- a "black hole": a bound UDP port that never answers (timeout cases)
 --   local hole = dns.black_hole()   -- hole.port, hole.server, hole:received() (packets so far), hole:stop()
+--
+--   -- a closed port (nothing listens: queries get ICMP "port unreachable")
+--   local dead = dns.free_udp_port()      -- then dns = { servers = { "127.0.0.1:" .. dead } }
+--
+--   dns.ptr_name("192.0.2.1") -> "1.2.0.192.in-addr.arpa" (IPv6: nibbles under ip6.arpa)
+--   dns.stop_all()            -> stop every server still running (use in teardown/after_each)
 --
 --   -- a DNS client for specs (and used to wait until a server answers)
 --   dns.query(port, name, type [, timeout]) -> { rcode = "noerror"|"nxdomain"|"servfail"|"refused"|..,
@@ -266,16 +274,49 @@ function Server:stop()
   if self.dir and not os.getenv("MOAT_KEEP_TMP") then os.execute("rm -rf " .. shquote(self.dir)) end
 end
 
+-- A server still running when the Lua state closes (busted exits) is killed.
+Server.__gc = function(self) pcall(self.stop, self) end
+
 function Server:log() return self.logfile and read_file(self.logfile) or "" end
 
-function Server:queries()
-  local out, text = {}, self:log()
-  local n = 0
-  for line in text:gmatch("[^\n]+") do
+-- Names the helper itself asks (readiness probes, sync markers) are not listed.
+local function own_name(name)
+  name = name:lower()
+  return name:find("^moat%-readiness%-probe%.invalid%.?$") or name:find("^moat%-sync%-%d+%.invalid%.?$")
+end
+
+local function parse_queries(self)
+  local out = {}
+  for line in self:log():gmatch("[^\n]+") do
     local typ, name = self.parse_line(line)
-    if typ and not name:lower():find("^moat%-readiness%-probe%.invalid%.?$") then
+    if typ then out[#out + 1] = { type = typ, name = (name:gsub("%.$", "")) } end
+  end
+  return out
+end
+
+-- Make sure every query answered so far is in the log: ask a marker name and
+-- wait for it to show up (the servers log queries in the order they get them).
+local sync_serial = 0
+function Server:sync()
+  if not self.parse_line then return end
+  sync_serial = sync_serial + 1
+  local marker = ("moat-sync-%d.invalid"):format(sync_serial)
+  M.query(self.port, marker, "A", 1)
+  local ok = poll(function()
+    for _, q in ipairs(parse_queries(self)) do
+      if q.name:lower() == marker then return true end
+    end
+  end, 5)
+  if not ok then error(self.kind .. ": the query log does not show the marker query " .. marker, 2) end
+end
+
+function Server:queries()
+  self:sync()
+  local out, n = {}, 0
+  for _, q in ipairs(parse_queries(self)) do
+    if not own_name(q.name) then
       n = n + 1
-      if n > (self.skip or 0) then out[#out + 1] = { type = typ, name = name:gsub("%.$", "") } end
+      if n > (self.skip or 0) then out[#out + 1] = q end
     end
   end
   return out
@@ -374,6 +415,7 @@ function M.start(records)
   for _, name in ipairs(sorted_keys(records.mx)) do
     local v = records.mx[name]
     if type(v) == "string" then v = { { v, 10 } } end
+    if type(v[1]) == "string" and type(v[2]) == "number" then v = { v } end   -- one { host, pref }
     for _, e in ipairs(v) do
       if type(e) == "string" then e = { e, 10 } end
       args[#args + 1] = ("--mx-host=%s,%s,%d"):format(name, e[1], e[2] or 10)

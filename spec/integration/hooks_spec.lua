@@ -397,5 +397,145 @@ describe("moat hooks", function()
     assert.equals(250, (send_message(b)))
     assert.is_true(srv:alive())
   end)
+
+  it("adds an enhanced status code to a verdict text without one; drop() has a default", function()
+    local srv = moat.start { scripts = { ["plain.lua"] = [[
+      local moat = require "moat"
+      return { rcpt = function(s, rcpt)
+        local l = rcpt.addr.localpart
+        if l == "perm" then return moat.reject(550, "go away") end
+        if l == "temp" then return moat.reject(450, "later") end
+        if l == "drop" then return moat.drop() end
+      end }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.same({ 550, "550 5.7.1 go away" }, { c:cmd("RCPT TO:<perm@example.test>") })
+    assert.same({ 450, "450 4.7.1 later" }, { c:cmd("RCPT TO:<temp@example.test>") })
+    assert.same({ 421, "421 4.7.1 Try again later" }, { c:cmd("RCPT TO:<drop@example.test>") })
+    assert.is_true((c:closed()))
+  end)
+
+  it("a bad reply code or a tampered verdict is an error, never an accept", function()
+    local srv = moat.start { scripts = { ["bad.lua"] = [[
+      local moat = require "moat"
+      return { rcpt = function(s, rcpt)
+        local l = rcpt.addr.localpart
+        if l == "code" then return moat.reject(250, "2.0.0 fine") end
+        if l == "tamper" then local v = moat.reject(550, "5.7.1 no"); v.code = 250; return v end
+        if l == "fake" then return setmetatable({ action = "accept" }, {}) end
+      end }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.same({ 451, TEMPFAIL }, { c:cmd("RCPT TO:<code@example.test>") })
+    assert.same({ 451, TEMPFAIL }, { c:cmd("RCPT TO:<tamper@example.test>") })
+    assert.same({ 451, TEMPFAIL }, { c:cmd("RCPT TO:<fake@example.test>") })
+    srv:wait_log("event=hook_error ", 5, 3)
+    assert.same({ 554, "554 5.5.1 Error: no valid recipients" }, { c:cmd("DATA") })
+  end)
+
+  it("s.vars lives through the session; s.from and s.rcpts follow the transaction", function()
+    local srv = moat.start { scripts = { ["vars.lua"] = [[
+      local moat = require "moat"
+      return {
+        helo = function(s, name) s.vars.helo_seen = name end,
+        mail_from = function(s, addr) s.vars.mails = (s.vars.mails or 0) + 1 end,
+        rcpt = function(s, rcpt)
+          if rcpt.addr.localpart == "report" then
+            local r = {}
+            for _, x in ipairs(s.rcpts) do r[#r + 1] = x.addr end
+            return moat.reject(550, ("5.7.1 helo=%s mails=%d from=%s rcpts=%s"):format(
+              s.vars.helo_seen, s.vars.mails, s.from.raw, table.concat(r, ",")))
+          end
+        end,
+      }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.equals(250, (c:cmd("RCPT TO:<a@example.test>")))
+    assert.equals(250, (c:cmd("RCPT TO:<b@example.test>")))
+    assert.same({ 550, "550 5.7.1 helo=client.example mails=1 from=sender@remote.example rcpts=a@example.test,b@example.test" },
+                { c:cmd("RCPT TO:<report@example.test>") })
+    assert.equals(250, (c:cmd("RSET")))
+    assert.equals(250, (c:cmd("MAIL FROM:<other@remote.example>")))
+    assert.same({ 550, "550 5.7.1 helo=client.example mails=2 from=other@remote.example rcpts=" },
+                { c:cmd("RCPT TO:<report@example.test>") })
+  end)
+
+  it("EHLO in the middle of a transaction resets it", function()
+    local srv = moat.start()
+    local c = track(in_transaction(srv))
+    assert.equals(250, (c:cmd("RCPT TO:<a@example.test>")))
+    assert.equals(250, (c:ehlo("again.example")))
+    assert.same({ 503, "503 5.5.1 Error: need MAIL command" }, { c:cmd("DATA") })
+  end)
+
+  it("a data_line hook that sleeps still sees every line, also a message ending in its header", function()
+    local srv = moat.start { scripts = { ["lines.lua"] = [[
+      local moat = require "moat"
+      local n = 0
+      return {
+        data = function(s) n = 0 end,
+        data_line = function(s, line, part) n = n + 1; moat.sleep(0.01) end,
+        data_end = function(s, msg) s:add_header("X-Lines", tostring(n)) end,
+      }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    -- 3 header fields (one folded) and 4 body lines: 7 calls; all sent in one write
+    local msg = "A: 1\r\nB: 2\r\n 2b\r\nC: 3\r\n\r\nl1\r\nl2\r\nl3\r\nl4\r\n"
+    assert.equals(250, (send_message(c, msg)))
+    assert.truthy(srv:spool_files()[1].eml:find("\r\nX%-Lines: 7\r\n"))
+    -- header only, no blank line: the last field is still given to the hook before data_end
+    assert.equals(250, (c:cmd("MAIL FROM:<sender@remote.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(250, (send_message(c, "A: 1\r\nB: 2\r\n")))
+    local files = srv:spool_files()
+    assert.equals(2, #files)
+    local found = 0
+    for _, f in ipairs(files) do
+      if f.eml:find("\r\nX%-Lines: 2\r\nA: 1\r\nB: 2\r\n$") then found = found + 1 end
+    end
+    assert.equals(1, found)
+  end)
+
+  it("a script error in data_line gives 451 4.3.0 after the dot", function()
+    local srv = moat.start { scripts = { ["dl.lua"] = [[
+      return { data_line = function(s, line, part)
+        if part == "body" and line == "explode" then error("data_line broke") end
+      end }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.same({ 451, TEMPFAIL }, { send_message(c, "Subject: x\r\n\r\nexplode\r\nafter\r\n") })
+    assert.same({}, srv:spool_names())
+    local line = srv:wait_log("event=hook_error ")
+    assert.truthy(line:find("dl.lua:2: data_line broke", 1, true), line)
+  end)
+
+  it("a bad add_header call is a script error", function()
+    local srv = moat.start { scripts = { ["ah.lua"] = [[
+      return { data_end = function(s, msg) s:add_header("X-Bad", "two\r\nlines") end }
+    ]] } }
+    local c = track(in_transaction(srv))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.same({ 451, TEMPFAIL }, { send_message(c) })
+    assert.same({}, srv:spool_names())
+    local line = srv:wait_log("event=hook_error ")
+    assert.truthy(line:find("add_header", 1, true), line)
+  end)
+
+  it("a connect hook that sleeps delays the greeting only for its session", function()
+    local srv = moat.start { scripts = { ["cs.lua"] = [[
+      local moat = require "moat"
+      return { connect = function(s) if s.ip == "127.0.0.30" then moat.sleep(0.5) end end }
+    ]] } }
+    local t0 = socket.gettime()
+    local a = track(moat.client(srv.port, { source = "127.0.0.30", greeting = false }))
+    local b = track(moat.client(srv.port))
+    assert.equals(220, b.greeting_code)
+    assert.is_true(socket.gettime() - t0 < 0.4)
+    assert.same({ 220, "220 mx.example.test ESMTP moat" }, { a:read_reply() })
+    assert.is_true(socket.gettime() - t0 >= 0.45)
+    assert.equals(250, (a:ehlo()))
+  end)
 end)
 

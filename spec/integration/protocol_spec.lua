@@ -153,12 +153,18 @@ describe("moat SMTP replies", function()
 
   it("takes a message of exactly max_message_size bytes and refuses one byte more", function()
     c:ehlo()
-    local head = "Subject: exact\r\n\r\n"
-    local exact = head .. ("a"):rep(2048 - #head - 2) .. "\r\n"
-    assert.equals(2048, #exact)
+    -- lines stay under max_line_length (1000): only the size limit is tested
+    local function sized(n)
+      local head = "Subject: exact\r\n\r\n"
+      local body = (("a"):rep(98) .. "\r\n"):rep(19)     -- 1900 bytes
+      local m = head .. body .. ("b"):rep(n - #head - #body - 2) .. "\r\n"
+      assert.equals(n, #m)
+      return m
+    end
+    local exact = sized(2048)
     local r = c:transaction { from = "a@remote.example", rcpts = { "joe@example.test" }, data = exact }
-    assert.equals(250, r.final[1])
-    local over = head .. ("a"):rep(2048 - #head - 1) .. "\r\n"
+    assert.same({ 250, "250 2.0.0 Ok: queued as " .. tostring(r.id) }, r.final)
+    local over = sized(2049)
     local r2 = c:transaction { from = "a@remote.example", rcpts = { "joe@example.test" }, data = over }
     assert.same({ 552, "552 5.3.4 Message size exceeds fixed maximum message size" }, r2.final)
     local files = srv:spool_files()
@@ -169,6 +175,26 @@ describe("moat SMTP replies", function()
   it("500 5.5.2 for a NUL byte in a command", function()
     assert.same({ 500, "500 5.5.2 Error: NUL byte in command" }, { c:cmd("NOOP a\0b") })
     assert.same({ 250, "250 2.0.0 Ok" }, { c:cmd("NOOP") })
+  end)
+
+  it("takes a data line of exactly max_line_length bytes, also split across packets", function()
+    c:ehlo()
+    local line = ("q"):rep(1000)
+    local r = c:transaction { from = "a@remote.example", rcpts = { "joe@example.test" },
+                              data = moat.message("edge", line .. "\r\n") }
+    assert.equals(250, r.final[1])
+    assert.equals(250, (c:cmd("MAIL FROM:<a@remote.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(354, (c:cmd("DATA")))
+    c.sock:setoption("tcp-nodelay", true)
+    assert(c:send("Subject: split\r\n\r\n" .. line .. "\r"))
+    socket.sleep(0.2)
+    assert(c:send("\n.\r\n"))
+    assert.equals(250, (c:read_reply()))
+    local r3 = c:transaction { from = "a@remote.example", rcpts = { "joe@example.test" },
+                               data = moat.message("over", line .. "q\r\n") }
+    assert.same({ 500, "500 5.5.2 Line too long (more than 1000 bytes)" }, r3.final)
+    assert.equals(2, #srv:spool_files())
   end)
 
   it("452 4.5.3 past max_recipients; the first ones are kept", function()

@@ -231,21 +231,7 @@ describe("moat.banned", function()
       local s = set(table.concat(lines, "\n"), "header")
       assert.equal(1000, s.count)
       assert.equal(0, s.kinds.scan)
-      -- Count full wildcard matches while scanning ordinary lines.
-      local tries = 0
-      local function count_tries(bucket)
-        for _, e in ipairs(bucket) do
-          local m = e.matcher
-          if not m.counted then
-            local orig = m.match
-            m.match = function(self, l) tries = tries + 1; return orig(self, l) end
-            m.counted = true
-          end
-        end
-      end
-      for _, b in pairs(s.grams) do count_tries(b) end
-      for _, t in pairs(s.prefix) do for _, b in pairs(t) do count_tries(b) end end
-      for _, t in pairs(s.suffix) do for _, b in pairs(t) do count_tries(b) end end
+      local before = banned.confirms()
       local sample = {
         "Subject: Meeting notes for the project review",
         "The quarterly report is attached; please read it before the meeting.",
@@ -260,6 +246,7 @@ describe("moat.banned", function()
           n = n + 1
         end
       end
+      local tries = banned.confirms() - before
       assert.is_true(tries < n, ("%d full matches for %d lines"):format(tries, n))
       assert.truthy(s:match("Subject: a deal " .. 7919 * 3 .. " for you"))
       assert.truthy(s:match("Use offer code Q00077Z today"))
