@@ -351,6 +351,15 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->spool_threads = (int)get_int(L, "spool_threads", 4);
     c->control_socket = get_str(L, "control_socket", NULL);
     c->log_level = get_str(L, "log_level", "info");
+    lua_getfield(L, -1, "watch");
+    c->watch = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "metrics");
+    if (lua_istable(L, -1)) {
+        c->metrics_address = get_str(L, "address", "127.0.0.1");
+        c->metrics_port = (int)get_int(L, "port", 0);
+    }
+    lua_pop(L, 1);
     int rc = 0;
     if (!c->spool_dir) {
         snprintf(err, errlen, "%s: spool_dir is not set", c->path);
@@ -395,6 +404,7 @@ void config_free(struct config *c)
     free(c->control_socket);
     free(c->dns_servers);
     free(c->log_level);
+    free(c->metrics_address);
     free(c->accounts_path);
     for (int i = 0; i < c->nlisteners; i++) {
         struct listener_conf *l = &c->listeners[i];

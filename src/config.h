@@ -62,6 +62,9 @@ struct config {
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;
     char *log_level;
+    int watch;                /* reload when a loaded file changes */
+    char *metrics_address;    /* Prometheus endpoint, NULL = off */
+    int metrics_port;
 
     struct listener_conf *listeners;
     int nlisteners;

@@ -19,6 +19,7 @@
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
+#include "stats.h"
 #include "tempblock.h"
 #include <time.h>
 
@@ -29,25 +30,8 @@ static char *ctl_path;
 
 static void cmd_stats(struct evbuffer *out)
 {
-    const struct stats *st = &srv.stats;
-    double avg = st->spool_commits ? st->spool_latency_sum_ms / (double)st->spool_commits : 0;
-    evbuffer_add_printf(out,
-        "ok\n"
-        "connections_current %llu\nconnections_total %llu\n"
-        "refused_denied %llu\nrefused_restrict %llu\nrefused_limit %llu\nrefused_blocked %llu\n"
-        "transactions %llu\nmessages_accepted %llu\nmessages_rejected %llu\nmessages_discarded %llu\n"
-        "rcpts_accepted %llu\nrcpts_rejected %llu\nhook_errors %llu\n"
-        "spool_commits %llu\nspool_latency_avg_ms %.3f\nspool_latency_max_ms %.3f\n"
-        "reloads_ok %llu\nreloads_failed %llu\ngeneration %lu\n",
-        (unsigned long long)st->connections_current, (unsigned long long)st->connections_total,
-        (unsigned long long)st->refused_denied, (unsigned long long)st->refused_restrict,
-        (unsigned long long)st->refused_limit, (unsigned long long)st->refused_blocked,
-        (unsigned long long)st->transactions, (unsigned long long)st->messages_accepted,
-        (unsigned long long)st->messages_rejected, (unsigned long long)st->messages_discarded,
-        (unsigned long long)st->rcpts_accepted, (unsigned long long)st->rcpts_rejected,
-        (unsigned long long)st->hook_errors, (unsigned long long)st->spool_commits, avg,
-        st->spool_latency_max_ms, (unsigned long long)st->reloads_ok,
-        (unsigned long long)st->reloads_failed, srv.rt->generation);
+    evbuffer_add_printf(out, "ok\n");
+    stats_render_text(out);
 }
 
 /* A command that waits (test-address asks DNS) keeps its connection until

@@ -1168,3 +1168,39 @@ void lb_task(struct runtime *rt, const char *module, const char *fn, const char 
     if (resume(ls, 1, &v))
         task_done(t, &v);
 }
+
+/* ---- the files a runtime depends on (watch mode) --------------------------- */
+
+static void each_string(lua_State *L, const char *field, void (*cb)(void *, const char *), void *arg)
+{
+    lua_getfield(L, -1, field);
+    if (lua_istable(L, -1))
+        for (lua_pushnil(L); lua_next(L, -2); lua_pop(L, 1))
+            if (lua_type(L, -1) == LUA_TSTRING)
+                cb(arg, lua_tostring(L, -1));
+    lua_pop(L, 1);
+}
+
+void lb_config_files(struct runtime *rt, void (*cb)(void *arg, const char *path), void *arg)
+{
+    lua_State *L = rt->L;
+    cb(arg, rt->cfg.path);
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    each_string(L, "tables", cb, arg);
+    each_string(L, "scripts", cb, arg);
+    lua_getfield(L, -1, "policies");
+    for (int i = 1; lua_istable(L, -1) && i <= (int)luaL_len(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/policies/%s.lua", runtime_root(), lua_tostring(L, -1));
+        cb(arg, path);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    for (int i = 0; i < rt->cfg.ndomains; i++) {
+        if (rt->cfg.domains[i].certificate)
+            cb(arg, rt->cfg.domains[i].certificate);
+        if (rt->cfg.domains[i].private_key)
+            cb(arg, rt->cfg.domains[i].private_key);
+    }
+}

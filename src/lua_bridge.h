@@ -108,4 +108,8 @@ void lb_rcpt_accepted(struct lb_session *ls, const char *raw, const struct route
 void lb_task(struct runtime *rt, const char *module, const char *fn, const char *arg,
              void (*cb)(void *cbarg, int ok, const char *text), void *cbarg);
 
+
+/* Every file a runtime loaded: config, tables, certificates, policies, scripts. */
+void lb_config_files(struct runtime *rt, void (*cb)(void *arg, const char *path), void *arg);
+
 #endif

@@ -19,6 +19,9 @@
 #include "spool.h"
 #include "tempblock.h"
 #include "worker.h"
+#include "metrics.h"
+#include "stats.h"
+#include "watch.h"
 
 struct server srv;
 
@@ -54,6 +57,10 @@ int server_reload(char *err, size_t errlen)
     tb_configure(srv.tempblock, &rt->cfg.tb);   /* blocks and counters survive */
     runtime_unref(old);
     apply_log_level(&rt->cfg);
+    if (rt->cfg.watch)
+        watch_update(rt);       /* the set of files may have changed */
+    else
+        watch_stop();
     srv.stats.reloads_ok++;
     char gen[32];
     snprintf(gen, sizeof gen, "%lu", rt->generation);
@@ -123,6 +130,10 @@ static int start(const char *path, char *err, size_t errlen)
         return -1;
     if (c->control_socket && control_open(c->control_socket, err, errlen) != 0)
         return -1;
+    if (c->metrics_address && metrics_open(c->metrics_address, c->metrics_port, err, errlen) != 0)
+        return -1;
+    if (c->watch)
+        watch_update(srv.rt);
     return listeners_open(c, err, errlen);
 }
 
@@ -175,6 +186,8 @@ int main(int argc, char **argv)
     }
     listeners_close();
     control_close();
+    metrics_close();
+    watch_stop();
     smtp_close_all();
     spool_close(srv.spool);    /* finishes queued writes: nothing half-written */
     worker_shutdown();
@@ -182,6 +195,7 @@ int main(int argc, char **argv)
     dns_free(srv.dns);
     runtime_unref(srv.rt);
     listeners_free();
+    stats_free();
     event_base_free(srv.base);
     log_kv(LOG_INFO, "stopped", NULL);
     return rc;

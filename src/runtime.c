@@ -1,6 +1,7 @@
 /* runtime.c - load and reference-count configuration generations. */
 #include "runtime.h"
 #include "tls.h"
+#include "stats.h"
 #include "accounts.h"
 
 #include <lua.h>
@@ -38,6 +39,7 @@ struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
 {
     struct runtime *rt = calloc(1, sizeof *rt);
     rt->refs = 1;
+    stats_runtime_created();
     rt->generation = next_generation++;
     rt->cfg.path = strdup(config_path);
     rt->mem_limit = 256u << 20;   /* until the config says otherwise */
@@ -74,4 +76,5 @@ void runtime_unref(struct runtime *rt)
     accounts_free(rt->accounts);
     config_free(&rt->cfg);
     free(rt);
+    stats_runtime_freed();
 }

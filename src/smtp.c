@@ -40,6 +40,7 @@
 #include "server.h"
 #include "spool.h"
 #include "tls.h"
+#include "stats.h"
 #include "accounts.h"
 #include "tempblock.h"
 #include "worker.h"
@@ -196,8 +197,13 @@ static void protocol_error(struct session *s, const char *fmt, ...)
 }
 
 /* Give a verdict from the chain as the reply; returns 1 if it answered. */
+static const char *action_name(const struct verdict *v);
+
 static int reply_verdict(struct session *s, const struct verdict *v)
 {
+    if (v->action != V_NONE)
+        stats_verdict(v->action == V_ERROR ? "error" : v->policy,
+                      s->lb.phase < PH_COUNT ? phase_names[s->lb.phase] : "-", action_name(v), v->code);
     switch (v->action) {
     case V_REJECT:
     case V_TEMPFAIL:

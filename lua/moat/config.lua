@@ -172,6 +172,16 @@ local settings = {
   protection = function(n, v) return check_record(n, v, protection_spec) end,
   smtp = function(n, v) return check_record(n, v, smtp_spec) end,
   lua = function(n, v) return check_record(n, v, lua_spec) end,
+  watch = check_bool,
+  metrics = function(n, v)
+    local m = check_record(n, v, {
+      address = function(n2, x) return check_type(n2, x, "string") end,
+      port = function(n2, x) return check_int(n2, x, 1, 65535) end,
+    })
+    if not m.port then fail(n .. ": port is required") end
+    m.address = m.address or "127.0.0.1"
+    return m
+  end,
   policies = function(n, v)
     return check_list(n, v, function(n2, s)
       check_type(n2, s, "string")

@@ -304,6 +304,20 @@ end
 
 function Server:alive() return alive(self.pid) end
 
+-- moatctl -s DIR/moat.sock ARGS: returns exit code, stdout .. stderr.
+function Server:ctl(args)
+  local ctl = os.getenv("MOATCTL_BIN") or (M.root .. "/moatctl")
+  local p = assert(io.popen(("%s -s %s %s 2>&1; echo \"rc=$?\""):format(
+    shquote(ctl), shquote(self.dir .. "/moat.sock"), args)))
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)\n?$"))
+  return rc, (out:gsub("rc=%d+\n?$", ""))
+end
+
+-- Replace a file in the server's directory (for reload tests).
+function Server:write(name, content) write_file(self.dir .. "/" .. name, content) end
+
 -- SIGTERM, wait for the exit; fails when moat does not stop or a sanitizer
 -- reported anything.  Safe to call twice.
 function Server:stop()

@@ -266,6 +266,20 @@ describe("moat session limits", function()
     srv:wait_log("event=timeout ")
   end)
 
+  it("421 4.4.2 for a client that goes silent in the middle of DATA; nothing stored", function()
+    local srv = moat.start { smtp = { timeout = 1 } }
+    local c = moat.client(srv.port)
+    c:ehlo()
+    assert.equals(250, (c:cmd("MAIL FROM:<a@remote.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(354, (c:cmd("DATA")))
+    assert(c:send("Subject: half\r\n\r\npart"))
+    assert.same({ 421, "421 4.4.2 mx.example.test Error: timeout exceeded" }, { c:read_reply() })
+    assert.is_true((c:closed()))
+    c:close()
+    assert.same({}, srv:spool_names())
+  end)
+
   it("554 5.5.1 for data sent before the greeting, then closes", function()
     local srv = moat.start { smtp = { greet_delay_ms = 500 } }
     local c = moat.client(srv.port, { greeting = false, source = "127.0.0.8" })

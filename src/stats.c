@@ -1,0 +1,126 @@
+/* stats.c - counters and their two renderings (see stats.h). */
+#include "stats.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dns.h"
+#include "runtime.h"
+#include "server.h"
+
+struct verdict_row {
+    char policy[64], phase[16], action[16];
+    int code;
+    unsigned long long n;
+};
+
+static struct verdict_row *rows;
+static int nrows;
+static int live_runtimes;
+
+void stats_runtime_created(void) { live_runtimes++; }
+void stats_runtime_freed(void) { live_runtimes--; }
+
+void stats_verdict(const char *policy, const char *phase, const char *action, int code)
+{
+    if (!policy || !*policy)
+        policy = "-";
+    for (int i = 0; i < nrows; i++)
+        if (rows[i].code == code && strcmp(rows[i].policy, policy) == 0 &&
+            strcmp(rows[i].phase, phase) == 0 && strcmp(rows[i].action, action) == 0) {
+            rows[i].n++;
+            return;
+        }
+    if (nrows == STATS_VERDICT_MAX) {
+        if (strcmp(policy, "other") != 0)
+            stats_verdict("other", phase, action, code);
+        else
+            rows[nrows - 1].n++;
+        return;
+    }
+    if (nrows % 16 == 0)
+        rows = realloc(rows, (size_t)(nrows + 16) * sizeof *rows);
+    struct verdict_row *r = &rows[nrows++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->policy, sizeof r->policy, "%s", policy);
+    snprintf(r->phase, sizeof r->phase, "%s", phase);
+    snprintf(r->action, sizeof r->action, "%s", action);
+    r->code = code;
+    r->n = 1;
+}
+
+void stats_free(void)
+{
+    free(rows);
+    rows = NULL;
+    nrows = 0;
+}
+
+/* One table drives both renderings: name, help, type, value. */
+struct metric {
+    const char *name, *help, *type;
+    double value;
+};
+
+static int collect(struct metric *m)
+{
+    const struct stats *st = &srv.stats;
+    struct dns_stats ds = { 0, 0, 0 };
+    if (srv.dns)
+        dns_get_stats(srv.dns, &ds);
+    int n = 0;
+#define M(nm, hp, tp, v) m[n++] = (struct metric){ nm, hp, tp, (double)(v) }
+    M("connections_current", "Open SMTP connections", "gauge", st->connections_current);
+    M("connections_total", "SMTP connections accepted", "counter", st->connections_total);
+    M("refused_denied_total", "Connections closed by denied_ips", "counter", st->refused_denied);
+    M("refused_restrict_total", "Connections closed by a socket's grant/deny list", "counter", st->refused_restrict);
+    M("refused_limit_total", "Connections refused by connection limits", "counter", st->refused_limit);
+    M("refused_blocked_total", "Connections refused: temporarily blocked address", "counter", st->refused_blocked);
+    M("transactions_total", "MAIL transactions started", "counter", st->transactions);
+    M("messages_accepted_total", "Messages spooled", "counter", st->messages_accepted);
+    M("messages_rejected_total", "Messages refused at DATA or after the dot", "counter", st->messages_rejected);
+    M("messages_discarded_total", "Messages accepted and discarded", "counter", st->messages_discarded);
+    M("rcpts_accepted_total", "Recipients accepted", "counter", st->rcpts_accepted);
+    M("rcpts_rejected_total", "Recipients refused", "counter", st->rcpts_rejected);
+    M("hook_errors_total", "Script errors and budget overruns (451)", "counter", st->hook_errors);
+    M("dns_queries_total", "DNS queries started", "counter", ds.queries);
+    M("dns_timeouts_total", "DNS queries that timed out", "counter", ds.timeouts);
+    M("dns_failures_total", "DNS queries that failed", "counter", ds.failures);
+    M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
+    M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);
+    M("spool_commit_seconds_max", "Slowest spool commit", "gauge", st->spool_latency_max_ms / 1000.0);
+    M("reloads_ok_total", "Successful reloads", "counter", st->reloads_ok);
+    M("reloads_failed_total", "Refused reloads (the old configuration kept running)", "counter", st->reloads_failed);
+    M("generation", "Current configuration generation", "gauge", srv.rt ? srv.rt->generation : 0);
+    M("runtimes_live", "Configuration generations alive (current + in use by old sessions)", "gauge", live_runtimes);
+    M("lua_memory_bytes", "Lua memory of the current generation", "gauge", srv.rt ? srv.rt->mem_used : 0);
+#undef M
+    return n;
+}
+
+void stats_render_text(struct evbuffer *out)
+{
+    struct metric m[32];
+    int n = collect(m);
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(out, "%s %.15g\n", m[i].name, m[i].value);
+    for (int i = 0; i < nrows; i++)
+        evbuffer_add_printf(out, "verdict policy=%s phase=%s action=%s code=%d %llu\n", rows[i].policy,
+                            rows[i].phase, rows[i].action, rows[i].code, rows[i].n);
+}
+
+void stats_render_prometheus(struct evbuffer *out)
+{
+    struct metric m[32];
+    int n = collect(m);
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(out, "# HELP moat_%s %s\n# TYPE moat_%s %s\nmoat_%s %.15g\n", m[i].name,
+                            m[i].help, m[i].name, m[i].type, m[i].name, m[i].value);
+    evbuffer_add_printf(out, "# HELP moat_verdicts_total Policy verdicts by policy, phase, action and reply code\n"
+                             "# TYPE moat_verdicts_total counter\n");
+    for (int i = 0; i < nrows; i++)
+        evbuffer_add_printf(out, "moat_verdicts_total{policy=\"%s\",phase=\"%s\",action=\"%s\",code=\"%d\"} %llu\n",
+                            rows[i].policy, rows[i].phase, rows[i].action, rows[i].code, rows[i].n);
+}
