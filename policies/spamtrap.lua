@@ -40,7 +40,7 @@ local function is_spamtrap(r)
   return domain == nil or local_domains[domain:lower()] == true
 end
 
-local function block(s, trap)
+local function block(s)
   if s.status == "client" then return "client" end
   if moat.list("unblacklistable_ips"):contains(s.ip) then return "white hole" end
   local tb = moat.tempblock
@@ -54,7 +54,7 @@ function P.data(s)
   for _, r in ipairs(s.rcpts or {}) do
     if is_spamtrap(r) then
       local addr = type(r.addr) == "table" and r.addr.raw or tostring(r.addr)
-      local result = block(s, addr)
+      local result = block(s)
       s:log(("spamtrap: recipient <%s> is a spam trap; message refused; %s: %s"):format(addr, s.ip, result))
       return moat.reject(554, "5.7.1 Message refused")
     end

@@ -46,6 +46,8 @@ local wildcard = require "moat.wildcard"
 
 local M = {}
 
+local sub, find, unpack = string.sub, string.find, string.unpack
+
 local GRAM = 4                 -- gram length
 local STEP = 4                 -- probe every STEP-th line position
 local WINDOW = GRAM + STEP - 1 -- a piece must be at least this long to be gram-indexed
@@ -57,17 +59,14 @@ function M.unescape(s)
   return (s:gsub("\\(.)", function(c) return ESCAPES[c] or ("\\" .. c) end))
 end
 
--- How common a gram is likely to be in mail text (lower is rarer).
+-- How common a character is in mail text (lower is rarer); a gram's
+-- commonness is the sum over its bytes.
 local COMMON = {}
 for c in ("etaoinshrdlu"):gmatch(".") do COMMON[c:byte()] = 2 end
 for c in ("bcfgkmpvwxyzjq"):gmatch(".") do COMMON[c:byte()] = 1 end
 COMMON[32] = 3; COMMON[9] = 3; COMMON[13] = 3; COMMON[10] = 3
 
-local function commonness(gram)
-  local n = 0
-  for i = 1, #gram do n = n + (COMMON[gram:byte(i)] or 0) end
-  return n
-end
+local MAX_WINDOWS = 48   -- windows looked at per piece (keeps loading linear)
 
 local Set = {}
 Set.__index = Set
@@ -81,41 +80,52 @@ local function add_to(index, key, entry)
   bucket[#bucket + 1] = entry
 end
 
--- Pick the cheapest gram window for an entry; nil when no piece is long enough.
+-- Pick the cheapest gram window for an entry: returns the list of its STEP
+-- gram keys, or nil when no piece is long enough.  A window costs the
+-- commonness of its grams, how often other patterns already use them, and
+-- (in header sets) being part of the first piece: "Received: from " starts
+-- many header fields, and a field name ("Subject:") is almost free to hit.
 local function best_window(set, entry, header)
   local best, best_score
-  local pieces = entry.matcher.pieces
-  -- In header mode the field name ("Subject:") starts most header lines.
+  local pieces = entry.pieces
   local name_len = 0
   if header and pieces[1] ~= "" then
     local colon = pieces[1]:find(":", 1, true)
     if colon then name_len = colon + 1 end
   end
+  local uses = set.gram_uses
   for pi, piece in ipairs(pieces) do
-    for o = 1, #piece - WINDOW + 1 do
-      local score = 0
-      for j = 0, STEP - 1 do
-        local g = piece:sub(o + j, o + j + GRAM - 1)
-        score = score + commonness(g) + 20 * (set.gram_uses[g] or 0)
-        if pi == 1 and header and pieces[1] ~= "" then
-          -- The start of a header field ("Received: from ") is everywhere.
-          score = score + (o + j + GRAM - 1 <= name_len and 1000 or 15)
+    local n = #piece
+    if n >= WINDOW then
+      local key, cost = {}, {}
+      for k = 1, n - GRAM + 1 do
+        key[k] = unpack("<I4", piece, k)
+        local c = 0
+        for q = k, k + GRAM - 1 do c = c + (COMMON[piece:byte(q)] or 0) end
+        if pi == 1 and header then c = c + (k + GRAM - 1 <= name_len and 1000 or 15) end
+        cost[k] = c
+      end
+      local last = n - WINDOW + 1
+      local step = last > MAX_WINDOWS and last // MAX_WINDOWS or 1
+      for o = 1, last, step do
+        local score = 0
+        for j = o, o + STEP - 1 do score = score + cost[j] + 20 * (uses[key[j]] or 0) end
+        if not best_score or score < best_score then
+          best, best_score = { key[o], key[o + 1], key[o + 2], key[o + 3] }, score
         end
       end
-      if not best_score or score < best_score then best, best_score = piece:sub(o, o + WINDOW - 1), score end
     end
   end
   return best
 end
 
 local function index_entry(set, entry, header)
-  local pieces = entry.matcher.pieces
-  local window = best_window(set, entry, header)
-  if window then
-    for j = 0, STEP - 1 do
-      local g = window:sub(j + 1, j + GRAM)
+  local pieces = entry.pieces
+  local grams = best_window(set, entry, header)
+  if grams then
+    for _, g in ipairs(grams) do
       set.gram_uses[g] = (set.gram_uses[g] or 0) + 1
-      add_to(set.grams, string.unpack("<I4", g), entry)
+      add_to(set.grams, g, entry)
     end
     set.has_grams = true
     return "gram"
@@ -180,8 +190,6 @@ function M.compile(text, name, kind)
   set.suffix_lens = sorted_lengths(set.suffix)
   return set
 end
-
-local sub, find, unpack = string.sub, string.find, string.unpack
 
 -- The wildcard match without captures (moat.wildcard semantics: the first
 -- piece is a prefix, the last a suffix, middle pieces leftmost in order).
