@@ -2,14 +2,14 @@
 CC      ?= cc
 PKGS    := lua5.4 libevent libevent_pthreads libevent_openssl libcares openssl
 DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
-           libcrypt-dev lua-busted lua-socket dnsmasq-base rbldnsd swaks
+           libcrypt-dev lua-busted lua-socket lua-sec dnsmasq-base rbldnsd swaks openssl
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc
+CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery
 OBJ     := $(CORE:%=build/%.o) build/main.o
 ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
 UNIT    := iplist dns address tempblock

@@ -309,6 +309,65 @@ static void read_temp_block(lua_State *L, struct config *c)
     lua_pop(L, 1);
 }
 
+/* next_hop "host:port", "[v6]:port", "host" (port 25). */
+static int split_host_port(const char *hp, char **host, int *port)
+{
+    const char *colon = strrchr(hp, ':');
+    *port = 25;
+    if (hp[0] == '[') {
+        const char *close = strchr(hp, ']');
+        if (!close)
+            return -1;
+        *host = strndup(hp + 1, (size_t)(close - hp - 1));
+        if (close[1] == ':')
+            *port = atoi(close + 2);
+    } else if (colon && strchr(hp, ':') == colon) {
+        *host = strndup(hp, (size_t)(colon - hp));
+        *port = atoi(colon + 1);
+    } else {
+        *host = strdup(hp);
+    }
+    return *port > 0 && *port < 65536 ? 0 : -1;
+}
+
+static int read_delivery(lua_State *L, struct config *c, char *err, size_t errlen)
+{
+    struct delivery_conf *d = &c->delivery;
+    d->mode = DELIVERY_SPOOL;
+    d->max_age = 5 * 86400;
+    d->retry_min = 60;
+    d->retry_max = 3600;
+    d->concurrency = 10;
+    d->timeout = 300;
+    lua_getfield(L, -1, "delivery");
+    int rc = 0;
+    if (lua_istable(L, -1)) {
+        char *mode = get_str(L, "mode", "spool");
+        d->mode = strcmp(mode, "relay") == 0 ? DELIVERY_RELAY : strcmp(mode, "proxy") == 0 ? DELIVERY_PROXY : DELIVERY_SPOOL;
+        free(mode);
+        char *proto = get_str(L, "protocol", "smtp");
+        d->lmtp = strcmp(proto, "lmtp") == 0;
+        free(proto);
+        char *hop = get_str(L, "next_hop", NULL);
+        if (hop && split_host_port(hop, &d->next_hop, &d->next_hop_port) != 0) {
+            snprintf(err, errlen, "%s: delivery.next_hop '%s': expected host:port", c->path, hop);
+            rc = -1;
+        }
+        free(hop);
+        d->max_age = (int)get_int(L, "max_age", d->max_age);
+        d->retry_min = (int)get_int(L, "retry_min", d->retry_min);
+        d->retry_max = (int)get_int(L, "retry_max", d->retry_max);
+        d->concurrency = (int)get_int(L, "concurrency", d->concurrency);
+        d->timeout = (int)get_int(L, "timeout", d->timeout);
+        if (rc == 0 && d->mode == DELIVERY_PROXY && !d->next_hop) {
+            snprintf(err, errlen, "%s: delivery mode \"proxy\" needs a next_hop", c->path);
+            rc = -1;
+        }
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 static void read_limits(lua_State *L, struct config *c)
 {
     c->max_message_size = 10L * 1024 * 1024;
@@ -374,6 +433,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         rc = read_ip_tables(L, c, err, errlen);
     if (rc == 0)
         rc = read_domains(L, c, err, errlen);
+    if (rc == 0)
+        rc = read_delivery(L, c, err, errlen);
     lua_pop(L, 1);
     return rc;
 }
@@ -405,6 +466,7 @@ void config_free(struct config *c)
     free(c->dns_servers);
     free(c->log_level);
     free(c->metrics_address);
+    free(c->delivery.next_hop);
     free(c->accounts_path);
     for (int i = 0; i < c->nlisteners; i++) {
         struct listener_conf *l = &c->listeners[i];

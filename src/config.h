@@ -36,6 +36,19 @@ struct listener_conf {
     int max_connections;
 };
 
+/* delivery = "spool" | { mode = "relay"|"proxy", next_hop = "ip:port", protocol, ... } */
+enum delivery_mode { DELIVERY_SPOOL, DELIVERY_RELAY, DELIVERY_PROXY };
+struct delivery_conf {
+    enum delivery_mode mode;
+    char *next_hop;           /* host or address, NULL = none */
+    int next_hop_port;
+    int lmtp;
+    int max_age;              /* seconds before a deferred recipient bounces */
+    int retry_min, retry_max; /* backoff bounds, seconds */
+    int concurrency;          /* connections per destination */
+    int timeout;              /* per reply, seconds */
+};
+
 /* domains = { ["example.test"] = { addresses, certificate, private_key, roaming, relay } } */
 struct domain_conf {
     char *name;               /* lower case */
@@ -82,6 +95,8 @@ struct config {
     int max_errors;
     int greet_delay_ms;
     int max_line_length;
+
+    struct delivery_conf delivery;
 
     /* protection.temp_block / temp_unblock */
     struct tb_settings tb;

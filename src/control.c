@@ -20,6 +20,7 @@
 #include "server.h"
 #include "smtp.h"
 #include "stats.h"
+#include "delivery.h"
 #include "tempblock.h"
 #include <time.h>
 
@@ -92,6 +93,16 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\nreloaded: generation %lu\n", srv.rt->generation);
         else
             evbuffer_add_printf(out, "error: %s\n", err);
+    } else if (strcmp(line, "queue") == 0 || strcmp(line, "flush") == 0) {
+        if (!delivery_running()) {
+            evbuffer_add_printf(out, "error: no queue runner (delivery mode is not \"relay\")\n");
+        } else if (line[0] == 'f') {
+            delivery_flush();
+            evbuffer_add_printf(out, "ok\nflushing: every waiting recipient is retried now\n");
+        } else {
+            evbuffer_add_printf(out, "ok\n");
+            delivery_queue_text(out);
+        }
     } else if (strcmp(line, "blocked") == 0) {
         evbuffer_add_printf(out, "ok\n");
         tb_foreach(srv.tempblock, time(NULL), list_blocked, out);
@@ -105,7 +116,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         c->waiting = 1;
         lb_task(srv.rt, "moat.status", "test_address", arg, test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, blocked, unblock)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, blocked, unblock, queue, flush)\n", line);
     }
 }
 

@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "stats.h"
 #include "watch.h"
+#include "delivery.h"
 
 struct server srv;
 
@@ -128,6 +129,8 @@ static int start(const char *path, char *err, size_t errlen)
     srv.dns = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, errlen);
     if (!srv.dns)
         return -1;
+    if (delivery_start(c, err, errlen) != 0)
+        return -1;
     if (c->control_socket && control_open(c->control_socket, err, errlen) != 0)
         return -1;
     if (c->metrics_address && metrics_open(c->metrics_address, c->metrics_port, err, errlen) != 0)
@@ -190,6 +193,7 @@ int main(int argc, char **argv)
     watch_stop();
     smtp_close_all();
     spool_close(srv.spool);    /* finishes queued writes: nothing half-written */
+    delivery_stop();
     worker_shutdown();
     tb_free(srv.tempblock);
     dns_free(srv.dns);

@@ -40,10 +40,13 @@
 #include "server.h"
 #include "spool.h"
 #include "tls.h"
+#include "envelope.h"
+#include "delivery.h"
 #include "stats.h"
 #include "accounts.h"
 #include "tempblock.h"
 #include "worker.h"
+#include "smtpc.h"
 
 #define CMD_LINE_MAX 2048          /* RFC 5321 says 512; extensions need more */
 #define OUT_MAX (256 * 1024)       /* stop reading while the client does not read */
@@ -76,6 +79,7 @@ struct session {
     int esmtp;
     int tls_mode;                 /* the socket's tls setting when we were accepted */
     int tls_active;               /* TLS is running (tls = on, or after STARTTLS) */
+    SSL *tls_switch;              /* STARTTLS: start TLS once the 220 is written */
     char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
     int errors;
     int debug;                    /* past a debug threshold: log the dialogue */
@@ -107,6 +111,8 @@ struct session {
     int eod_pending;              /* the final dot came while a hook ran */
     struct spool_job *job;
     char qid[32];
+    struct smtpc *proxy;          /* delivery mode "proxy": the next hop session */
+    int proxy_replies, proxy_worst;
 };
 
 static int open_sessions;
@@ -160,14 +166,15 @@ static void close_after_reply(struct session *s)
  * session ends. */
 static void note_event(struct session *s, enum tb_event ev)
 {
-    if (!srv.tempblock)
+    /* White holes are never placed on the list, not even counted toward it. */
+    if (!srv.tempblock || iplist_contains_str(s->rt->cfg.ip[T_UNBLACKLISTABLE], s->ip))
         return;
     enum tb_result r = tb_event(srv.tempblock, s->ipkey, ev, time(NULL));
     if (r == TB_DEBUG && !s->debug) {
         s->debug = 1;
         log_kv(LOG_INFO, "debug_on", "session", s->id, "ip", s->ip, NULL);
     }
-    if (r == TB_BLOCKED && !iplist_contains_str(s->rt->cfg.ip[T_UNBLACKLISTABLE], s->ip)) {
+    if (r == TB_BLOCKED) {
         log_kv(LOG_WARN, "blocked", "ip", s->ip, "session", s->id,
                "reason", ev == TB_FAILED_LOGIN ? "failed_logins" : "protocol_errors", NULL);
         reply(s, "421 4.7.0 %s Your address is temporarily blocked", s->rt->cfg.server_name);
@@ -547,6 +554,130 @@ static void cmd_mail(struct session *s, char *arg)
         finish_mail(s, &v);
 }
 
+/* ---- proxy mode: the next hop answers, moat relays ------------------------ *
+ * After the policies accept MAIL and each RCPT, the command goes to the next
+ * hop and its own reply goes back to the client; the message is forwarded
+ * after the final dot (the policies see it whole first) and the next hop's
+ * final reply is the client's.  Nothing is queued locally; a next hop that is
+ * down is a 451 4.4.1, never a silent accept. */
+static int proxy_mode(const struct session *s) { return s->rt->cfg.delivery.mode == DELIVERY_PROXY; }
+
+/* Give the next hop's reply to the client as it came (multi-line kept). */
+static void relay_reply(struct session *s, int code, const char *text)
+{
+    if (code == 0) {
+        log_kv(LOG_WARN, "proxy_error", "session", s->id, "error", text, NULL);
+        reply(s, "451 4.4.1 Next hop unavailable, try again later");
+        return;
+    }
+    char buf[SMTPC_REPLY_MAX];
+    snprintf(buf, sizeof buf, "%s", text);
+    for (char *line = buf, *nl; line && *line; line = nl) {
+        nl = strchr(line, '\n');
+        if (nl)
+            *nl++ = '\0';
+        reply(s, "%s", line);
+    }
+}
+
+static void proxy_resume(struct session *s)
+{
+    s->busy = 0;
+    if (s->closing) {
+        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+            session_free(s);
+        return;
+    }
+    process_input(s);
+}
+
+static void proxy_drop(struct session *s)
+{
+    smtpc_close(s->proxy);
+    s->proxy = NULL;
+}
+
+static void proxy_mail_done(void *arg, int code, const char *text)
+{
+    struct session *s = arg;
+    relay_reply(s, code, text);
+    if (code < 200 || code > 299) {
+        reset_transaction(s);
+        if (code == 0 || code == 421)
+            proxy_drop(s);
+    }
+    proxy_resume(s);
+}
+
+static void proxy_send_mail(struct session *s)
+{
+    char line[PATH_MAX_LEN + 64];
+    snprintf(line, sizeof line, "MAIL FROM:<%s>%s", s->from ? s->from : "", s->smtputf8 ? " SMTPUTF8" : "");
+    smtpc_cmd(s->proxy, line, proxy_mail_done, s);
+}
+
+static void proxy_ready(void *arg, int code, const char *text)
+{
+    struct session *s = arg;
+    if (code != 250) {
+        relay_reply(s, 0, text);
+        reset_transaction(s);
+        proxy_drop(s);
+        proxy_resume(s);
+        return;
+    }
+    proxy_send_mail(s);
+}
+
+static void proxy_mail(struct session *s)
+{
+    const struct delivery_conf *d = &s->rt->cfg.delivery;
+    s->busy = 1;
+    s->pending = PH_COUNT;
+    if (s->proxy) {
+        proxy_send_mail(s);
+        return;
+    }
+    s->proxy = smtpc_open(srv.base, d->next_hop, d->next_hop_port, d->lmtp, s->rt->cfg.server_name,
+                          d->timeout, proxy_ready, s);
+    if (!s->proxy) {
+        s->busy = 0;
+        relay_reply(s, 0, "cannot connect");
+        reset_transaction(s);
+    }
+}
+
+static void add_rcpt(struct session *s, const char *raw, const struct route *r, int discard);
+
+static void proxy_rcpt_done(void *arg, int code, const char *text)
+{
+    struct session *s = arg;
+    if (code >= 200 && code <= 299) {
+        struct route r;
+        memset(&r, 0, sizeof r);
+        snprintf(r.kind, sizeof r.kind, "proxy");
+        add_rcpt(s, s->pending_rcpt.raw, &r, 0);
+    }
+    relay_reply(s, code, text);
+    proxy_resume(s);
+}
+
+static void proxy_data_done(void *arg, int code, const char *text)
+{
+    struct session *s = arg;
+    if (--s->proxy_replies > 0) {
+        if (code < 200 || code > 299)
+            s->proxy_worst = code;   /* LMTP: keep the first failure */
+        return;
+    }
+    relay_reply(s, code, text);
+    log_transaction(s, code >= 200 && code <= 299 ? "accept" : "reject", "proxy", text);
+    if (code >= 200 && code <= 299)
+        srv.stats.messages_accepted++;
+    reset_transaction(s);
+    proxy_resume(s);
+}
+
 static void finish_mail(struct session *s, const struct verdict *v)
 {
     if (reply_verdict(s, v)) {
@@ -557,6 +688,10 @@ static void finish_mail(struct session *s, const struct verdict *v)
     }
     if (v->action == V_DISCARD)
         s->discard_all = 1;
+    if (proxy_mode(s)) {
+        proxy_mail(s);
+        return;
+    }
     reply(s, "250 2.1.0 Ok");
 }
 
@@ -628,20 +763,31 @@ static void finish_rcpt(struct session *s, const struct verdict *v)
                "verdict", action_name(v), "policy", v->policy, "reply", v->text, NULL);
         return;
     }
-    struct rcpt *n = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *n);
-    if (!n) {
-        reply(s, "452 4.3.1 Insufficient system resources");
+    if (proxy_mode(s) && s->proxy && v->action != V_DISCARD) {
+        char line[PATH_MAX_LEN + 16];
+        snprintf(line, sizeof line, "RCPT TO:<%s>", raw);
+        s->busy = 1;
+        s->pending = PH_COUNT;
+        smtpc_cmd(s->proxy, line, proxy_rcpt_done, s);
         return;
     }
+    add_rcpt(s, raw, &v->route, v->action == V_DISCARD);
+    reply(s, "250 2.1.5 Ok");
+}
+
+static void add_rcpt(struct session *s, const char *raw, const struct route *r, int discard)
+{
+    struct rcpt *n = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *n);
+    if (!n)
+        return;
     s->rcpts = n;
     n[s->nrcpts].raw = strdup(raw);
-    n[s->nrcpts].route = v->route;
-    n[s->nrcpts].discard = v->action == V_DISCARD;
+    n[s->nrcpts].route = *r;
+    n[s->nrcpts].discard = discard;
     s->nrcpts++;
     srv.stats.rcpts_accepted++;
     s->state = S_RCPT;
-    lb_rcpt_accepted(&s->lb, raw, &v->route);
-    reply(s, "250 2.1.5 Ok");
+    lb_rcpt_accepted(&s->lb, raw, r);
 }
 
 static void cmd_data(struct session *s, char *arg)
@@ -713,13 +859,12 @@ static void cmd_starttls(struct session *s, char *arg)
         evbuffer_drain(in, junk);
     }
     reply(s, "220 2.0.0 Ready to start TLS");
-    /* The filter writes after the 220 already queued in clear text. */
-    struct bufferevent *plain = s->bev;
-    s->bev = bufferevent_openssl_filter_new(srv.base, plain, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                            BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-    setup_bev(s);
-    s->tls_active = 1;
+    /* The handshake starts once the 220 is on the wire (on_write); until
+     * then nothing more is read. */
+    bufferevent_disable(s->bev, EV_READ);
+    s->tls_switch = ssl;
+    s->busy = 1;
+    s->pending = PH_COUNT;
     reset_transaction(s);
     s->helo[0] = '\0';
     s->esmtp = 0;
@@ -729,9 +874,18 @@ static void cmd_starttls(struct session *s, char *arg)
     lb_set_str(&s->lb, "helo", NULL);
 }
 
+static void ignore_reply(void *arg, int code, const char *text)
+{
+    (void)arg;
+    (void)code;
+    (void)text;
+}
+
 static void cmd_rset(struct session *s, char *arg)
 {
     (void)arg;
+    if (s->proxy)
+        smtpc_cmd(s->proxy, "RSET", ignore_reply, NULL);
     reset_transaction(s);
     reply(s, "250 2.0.0 Ok");
 }
@@ -1061,6 +1215,23 @@ static void store_message(struct session *s, const char *policy)
     for (int i = 0; i < s->lb.nheaders; i++)
         evbuffer_add_printf(out, "%s\r\n", s->lb.headers[i]);
     evbuffer_add_buffer(out, s->msg);
+    if (proxy_mode(s)) {
+        if (!s->proxy) {
+            evbuffer_free(out);
+            relay_reply(s, 0, "next hop connection lost");
+            reset_transaction(s);
+            return;
+        }
+        s->busy = 1;
+        s->pending = PH_COUNT;
+        int live = 0;
+        for (int i = 0; i < s->nrcpts; i++)
+            live += !s->rcpts[i].discard;
+        s->proxy_replies = s->rt->cfg.delivery.lmtp ? live : 1;
+        s->proxy_worst = 0;
+        smtpc_data(s->proxy, out, s->proxy_replies, proxy_data_done, s);
+        return;
+    }
     char *env = envelope_json(s);
     log_kv(LOG_DEBUG, "spool_submit", "session", s->id, "qid", s->qid, "policy", policy, NULL);
     s->busy = 1;
@@ -1083,6 +1254,7 @@ static void spool_done(void *arg, int err, double latency_ms)
         log_transaction(s, "tempfail", "spool", "queue file write error");
     } else {
         srv.stats.messages_accepted++;
+        delivery_poke();
         reply(s, "250 2.0.0 Ok: queued as %s", s->qid);
         log_transaction(s, "accept", NULL, "queued");
     }
@@ -1344,9 +1516,32 @@ static void on_read(struct bufferevent *bev, void *arg)
     process_input(arg);
 }
 
+/* STARTTLS, second half: the clear-text socket becomes a TLS socket.  The
+ * same fd goes to a socket-level OpenSSL bufferevent (not a filter: with a
+ * filter, "output empty" would not mean "on the wire", and a reply followed
+ * by a close could be lost). */
+static void switch_to_tls(struct session *s)
+{
+    SSL *ssl = s->tls_switch;
+    s->tls_switch = NULL;
+    evutil_socket_t fd = bufferevent_getfd(s->bev);
+    bufferevent_setfd(s->bev, -1);
+    bufferevent_free(s->bev);
+    s->bev = bufferevent_openssl_socket_new(srv.base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+    setup_bev(s);
+    s->tls_active = 1;
+    s->busy = 0;
+}
+
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct session *s = arg;
+    if (s->tls_switch) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            switch_to_tls(s);
+        return;
+    }
     if (s->closing) {
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             session_free(s);
@@ -1411,10 +1606,14 @@ static void sockaddr_text(const struct sockaddr *sa, char *ip, size_t iplen, int
     }
 }
 
-static const char *status_of(const struct config *c, const char *ip)
+/* The status the lists and recent logins give (DESIGN §6); the blacklist
+ * and rbl policies refine "other" with DNS. */
+static const char *status_of(const struct config *c, const char *ip, const unsigned char key[16])
 {
     if (iplist_contains_str(c->ip[T_CLIENT], ip))
         return "client";
+    if (srv.tempblock && tb_trusted(srv.tempblock, key, time(NULL)) > 0)
+        return "trusted";
     if (iplist_contains_str(c->ip[T_BLACKLISTED], ip))
         return "blacklisted";
     return "other";
@@ -1450,7 +1649,9 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     socklen_t llen = sizeof local;
     if (getsockname(fd, (struct sockaddr *)&local, &llen) == 0)
         sockaddr_text((struct sockaddr *)&local, s->local_ip, sizeof s->local_ip, &s->local_port);
-    s->client_status = status_of(&s->rt->cfg, s->ip);
+    s->client_status = status_of(&s->rt->cfg, s->ip, key);
+    /* An address past a debug threshold has all its sessions logged. */
+    s->debug = srv.tempblock && tb_debugged(srv.tempblock, key, time(NULL));
 
     if (lsock->tls == TLS_ON) {
         /* Secure socket: TLS before SMTP, with the certificate of the domain
@@ -1515,6 +1716,9 @@ static void session_free(struct session *s)
     }
     if (s->greet_timer)
         event_free(s->greet_timer);
+    smtpc_close(s->proxy);      /* no callback reaches us after this */
+    if (s->tls_switch)
+        SSL_free(s->tls_switch);
     lb_disconnect(&s->lb);
     reset_transaction(s);
     lb_session_close(&s->lb);
@@ -1532,58 +1736,41 @@ static void session_free(struct session *s)
     free(s);
 }
 
-/* ---- envelope JSON -------------------------------------------------------- */
+/* ---- envelope ------------------------------------------------------------ */
 
-static void json_str(struct evbuffer *b, const char *s)
-{
-    if (!s) {
-        evbuffer_add(b, "null", 4);
-        return;
-    }
-    evbuffer_add(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            evbuffer_add_printf(b, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7f)
-            evbuffer_add_printf(b, "\\u%04x", *p);
-        else
-            evbuffer_add(b, p, 1);
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
+/* The .env of the message: built from the session (borrowed strings). */
 static char *envelope_json(struct session *s)
 {
-    struct evbuffer *b = evbuffer_new();
+    struct envelope e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.id, sizeof e.id, "%s", s->qid);
+    e.from = s->from ? s->from : (char *)"";
+    e.rcpts = calloc((size_t)s->nrcpts + 1, sizeof *e.rcpts);
+    for (int i = 0; i < s->nrcpts; i++) {
+        struct rcpt *r = &s->rcpts[i];
+        if (r->discard)
+            continue;
+        struct env_rcpt *er = &e.rcpts[e.nrcpts++];
+        er->addr = r->raw;
+        snprintf(er->kind, sizeof er->kind, "%s", r->route.kind);
+        er->route_address = r->route.address;
+        er->host = r->route.host[0] ? r->route.host : NULL;
+        er->can_relay = r->route.can_relay;
+    }
     char ts[40];
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    evbuffer_add_printf(b, "{\"id\":\"%s\",\"from\":", s->qid);
-    json_str(b, s->from ? s->from : "");
-    evbuffer_add_printf(b, ",\"rcpts\":[");
-    int first = 1;
-    for (int i = 0; i < s->nrcpts; i++) {
-        struct rcpt *r = &s->rcpts[i];
-        if (r->discard)
-            continue;
-        evbuffer_add_printf(b, "%s{\"addr\":", first ? "" : ",");
-        first = 0;
-        json_str(b, r->raw);
-        evbuffer_add_printf(b, ",\"route\":{\"kind\":");
-        json_str(b, r->route.kind);
-        evbuffer_add_printf(b, ",\"address\":");
-        json_str(b, r->route.address);
-        evbuffer_add_printf(b, ",\"host\":");
-        json_str(b, r->route.host[0] ? r->route.host : NULL);
-        evbuffer_add_printf(b, ",\"can_relay\":%s}}", r->route.can_relay ? "true" : "false");
-    }
-    evbuffer_add_printf(b, "],\"ip\":");
-    json_str(b, s->ip);
-    evbuffer_add_printf(b, ",\"helo\":");
-    json_str(b, s->helo[0] ? s->helo : NULL);
-    evbuffer_add_printf(b, ",\"user\":null,\"received\":\"%s\",\"size\":%zu}\n", ts, s->msg_size);
+    e.ip = s->ip;
+    e.helo = s->helo[0] ? s->helo : NULL;
+    e.user = s->user[0] ? s->user : NULL;
+    e.received = ts;
+    e.received_at = now;
+    e.size = (long)s->msg_size;
+    struct evbuffer *b = evbuffer_new();
+    envelope_write(&e, b);
+    free(e.rcpts);
     size_t n = evbuffer_get_length(b);
     char *r = malloc(n + 1);
     evbuffer_remove(b, r, n);

@@ -45,7 +45,26 @@ struct smtpc {
     size_t rlen;
     int rlines;
     int closing;
+    int in_cb;                  /* inside an owner's callback: closing must wait */
+    int close_requested;
 };
+
+static void do_close(struct smtpc *c);
+
+/* Every owner callback goes through here: the owner may call smtpc_close
+ * from inside it, which is carried out once the callback has returned.
+ * Returns 1 when c is gone and the caller must not touch it. */
+static int call(struct smtpc *c, smtpc_cb cb, void *arg, int code, const char *text)
+{
+    c->in_cb++;
+    cb(arg, code, text);
+    c->in_cb--;
+    if (c->close_requested && c->in_cb == 0) {
+        do_close(c);
+        return 1;
+    }
+    return c->close_requested;
+}
 
 static SSL_CTX *client_ctx(void)
 {
@@ -113,27 +132,48 @@ static void flush(struct smtpc *c)
     }
 }
 
-static void fail_all(struct smtpc *c, int code, const char *text)
+static void free_entries(struct smtpc *c)
 {
-    c->state = C_DEAD;
-    if (c->ready) {
-        smtpc_cb r = c->ready;
-        c->ready = NULL;
-        r(c->ready_arg, code, text);
-        return;
-    }
     while (c->head) {
         struct entry *e = c->head;
         c->head = e->next;
-        if (!c->closing)
-            for (int i = 0; i < (e->replies > 0 ? e->replies : 1); i++)
-                e->cb(e->arg, code, text);
         free(e->line);
         if (e->body)
             evbuffer_free(e->body);
         free(e);
     }
     c->tail = &c->head;
+}
+
+/* The connection is unusable: every waiting command gets (code, text).
+ * Returns 1 when c was closed meanwhile. */
+static int fail_all(struct smtpc *c, int code, const char *text)
+{
+    c->state = C_DEAD;
+    if (c->ready) {
+        smtpc_cb r = c->ready;
+        c->ready = NULL;
+        return call(c, r, c->ready_arg, code, text);
+    }
+    c->in_cb++;     /* no closing under our feet while we walk the list */
+    while (c->head && !c->close_requested) {
+        struct entry *e = c->head;
+        c->head = e->next;
+        if (!c->head)
+            c->tail = &c->head;
+        for (int i = 0; i < (e->replies > 0 ? e->replies : 1) && !c->close_requested; i++)
+            e->cb(e->arg, code, text);
+        free(e->line);
+        if (e->body)
+            evbuffer_free(e->body);
+        free(e);
+    }
+    c->in_cb--;
+    if (c->close_requested && c->in_cb == 0) {
+        do_close(c);
+        return 1;
+    }
+    return 0;
 }
 
 static void capabilities(struct smtpc *c)
@@ -173,7 +213,8 @@ static void start_tls(struct smtpc *c)
 static void setup(struct smtpc *c);
 
 /* The opening dialogue: greeting, EHLO, STARTTLS, EHLO again. */
-static void handshake_reply(struct smtpc *c, int code)
+/* Returns 1 when c is gone. */
+static int handshake_reply(struct smtpc *c, int code)
 {
     switch (c->state) {
     case C_GREETING:
@@ -181,7 +222,7 @@ static void handshake_reply(struct smtpc *c, int code)
             break;
         c->state = C_EHLO;
         send_ehlo(c);
-        return;
+        return 0;
     case C_EHLO:
     case C_EHLO_TLS:
         if (code != 250)
@@ -190,14 +231,15 @@ static void handshake_reply(struct smtpc *c, int code)
         if (c->state == C_EHLO && c->starttls_offered) {
             c->state = C_STARTTLS;
             write_line(c, "STARTTLS");
-            return;
+            return 0;
         }
         c->state = C_READY;
         smtpc_cb r = c->ready;
         c->ready = NULL;
-        r(c->ready_arg, 250, c->reply);
+        if (call(c, r, c->ready_arg, 250, c->reply))
+            return 1;
         flush(c);
-        return;
+        return 0;
     case C_STARTTLS:
         if (code != 220)
             break;
@@ -205,39 +247,44 @@ static void handshake_reply(struct smtpc *c, int code)
         setup(c);
         c->state = C_EHLO_TLS;
         send_ehlo(c);
-        return;
+        return 0;
     default:
         break;
     }
-    fail_all(c, code ? code : 421, c->reply);
+    return fail_all(c, code ? code : 421, c->reply);
 }
 
-static void command_reply(struct smtpc *c, int code)
+/* Returns 1 when c is gone. */
+static int command_reply(struct smtpc *c, int code)
 {
     struct entry *e = c->head;
-    if (!e || !e->sent) {
-        fail_all(c, 421, "unexpected reply from the server");
-        return;
-    }
+    if (!e || !e->sent)
+        return fail_all(c, 421, "unexpected reply from the server");
     if (e->body && !e->body_sent) {
         if (code == 354) {
             write_body(c, e->body);
             e->body_sent = 1;
-            return;
+            return 0;
         }
         e->replies = 1;    /* DATA refused: one answer, the refusal */
     }
-    e->cb(e->arg, code, c->reply);
-    if (--e->replies > 0)
-        return;
-    c->head = e->next;
-    if (!c->head)
-        c->tail = &c->head;
-    free(e->line);
-    if (e->body)
-        evbuffer_free(e->body);
-    free(e);
+    int last = --e->replies <= 0;
+    if (last) {            /* unlink first: the callback may close c */
+        c->head = e->next;
+        if (!c->head)
+            c->tail = &c->head;
+    }
+    int gone = call(c, e->cb, e->arg, code, c->reply);
+    if (last) {
+        free(e->line);
+        if (e->body)
+            evbuffer_free(e->body);
+        free(e);
+    }
+    if (gone)
+        return 1;
     flush(c);
+    return 0;
 }
 
 /* Read complete replies (possibly several lines) and dispatch them. */
@@ -253,7 +300,7 @@ static void on_read(struct bufferevent *bev, void *arg)
             ++c->rlines > REPLY_LINES_MAX) {
             free(line);
             fail_all(c, 421, "malformed reply from the server");
-            return;
+            return;   /* dead (or gone): stop reading */
         }
         size_t room = sizeof c->reply - 1 - c->rlen;
         int k = snprintf(c->reply + c->rlen, room, "%s%s", c->rlen ? "\n" : "", line);
@@ -263,15 +310,14 @@ static void on_read(struct bufferevent *bev, void *arg)
         free(line);
         if (!last)
             continue;
-        if (c->state == C_READY)
-            command_reply(c, code);
-        else
-            handshake_reply(c, code);
+        int gone = c->state == C_READY ? command_reply(c, code) : handshake_reply(c, code);
+        if (gone)
+            return;
         c->rlen = 0;
         c->rlines = 0;
         c->reply[0] = '\0';
     }
-    if (evbuffer_get_length(in) > LINE_MAX_IN)
+    if (c->state != C_DEAD && evbuffer_get_length(in) > LINE_MAX_IN)
         fail_all(c, 421, "reply line too long");
 }
 
@@ -290,7 +336,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         free(c);
         return;
     }
-    fail_all(c, 0, why);
+    if (c->state != C_DEAD)
+        fail_all(c, 0, why);
 }
 
 static void on_write(struct bufferevent *bev, void *arg)
@@ -386,19 +433,29 @@ void smtpc_data(struct smtpc *c, struct evbuffer *msg, int nreplies, smtpc_cb cb
 int smtpc_pipelining(const struct smtpc *c) { return c->pipelining; }
 int smtpc_tls(const struct smtpc *c) { return c->tls; }
 
+static void do_close(struct smtpc *c)
+{
+    c->closing = 1;
+    c->ready = NULL;
+    free_entries(c);
+    if (c->state == C_READY) {
+        /* Say goodbye; on_write frees us once QUIT is out (or on error/timeout). */
+        c->state = C_DEAD;
+        write_line(c, "QUIT");
+        bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    bufferevent_free(c->bev);
+    free(c);
+}
+
 void smtpc_close(struct smtpc *c)
 {
     if (!c)
         return;
-    c->closing = 1;
-    int alive = c->state == C_READY;
-    fail_all(c, 0, "closed");       /* frees entries without calling back (closing) */
-    c->ready = NULL;
-    if (alive) {
-        write_line(c, "QUIT");
-        bufferevent_disable(c->bev, EV_READ);
-    } else {
-        bufferevent_free(c->bev);
-        free(c);
+    if (c->in_cb) {
+        c->close_requested = 1;
+        return;
     }
+    do_close(c);
 }

@@ -173,6 +173,28 @@ local settings = {
   smtp = function(n, v) return check_record(n, v, smtp_spec) end,
   lua = function(n, v) return check_record(n, v, lua_spec) end,
   watch = check_bool,
+  delivery = function(n, v)
+    if v == "spool" then return { mode = "spool" } end
+    local d = check_record(n, v, {
+      mode = function(n2, x)
+        if x ~= "spool" and x ~= "relay" and x ~= "proxy" then fail(n2 .. ': expected "spool", "relay" or "proxy"') end
+        return x
+      end,
+      next_hop = function(n2, x) return check_type(n2, x, "string") end,
+      protocol = function(n2, x)
+        if x ~= "smtp" and x ~= "lmtp" then fail(n2 .. ': expected "smtp" or "lmtp"') end
+        return x
+      end,
+      max_age = function(n2, x) return check_int(n2, x, 1) end,
+      retry_min = function(n2, x) return check_int(n2, x, 1) end,
+      retry_max = function(n2, x) return check_int(n2, x, 1) end,
+      concurrency = function(n2, x) return check_int(n2, x, 1, 1000) end,
+      timeout = function(n2, x) return check_int(n2, x, 1, 3600) end,
+    })
+    d.mode = d.mode or "spool"
+    if d.mode == "proxy" and not d.next_hop then fail(n .. ': mode "proxy" needs a next_hop') end
+    return d
+  end,
   metrics = function(n, v)
     local m = check_record(n, v, {
       address = function(n2, x) return check_type(n2, x, "string") end,
@@ -199,8 +221,9 @@ local function make_listener(ctx, line)
     if type(name) ~= "string" then error("listener: expected a name: listener \"smtp\" { ... }", 2) end
     return function(body)
       if type(body) ~= "table" then error("listener '" .. name .. "': expected a table { ... }", 2) end
+      local at = line()   -- here, not inside the pcall: the level must reach the config chunk
       local ok, res = pcall(function()
-        local l = { name = name, sockets = {}, line = line() }
+        local l = { name = name, sockets = {}, line = at }
         for k, v in pairs(body) do
           if math.type(k) == "integer" then
             if k < 1 or k > #body then fail("listener '" .. name .. "': socket entries must form a list") end

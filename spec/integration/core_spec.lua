@@ -58,12 +58,14 @@ describe("moat core", function()
     assert.equals(#msg, env.size)
     assert.is_string(env.received)
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", env.received)
+    -- Each recipient starts "pending" with no attempt (the queue runner's state).
     assert.same({
-      { addr = "joe@example.test",
+      { addr = "joe@example.test", status = "pending", attempts = 0, next_try = 0,
         route = { kind = "local", address = "joe@example.test", can_relay = false } },
-      { addr = "ann@corp.example.test",
+      { addr = "ann@corp.example.test", status = "pending", attempts = 0, next_try = 0,
         route = { kind = "local", address = "ann@corp.example.test", can_relay = false } },
     }, env.rcpts)
+    assert.is_number(env.received_at)
     assert.equals(1, select(2, f.env:gsub("\n", "")))      -- one JSON line
     assert.equals("\n", f.env:sub(-1))
     srv:wait_log("event=message .*qid=" .. id .. " .*verdict=accept")

@@ -150,18 +150,19 @@ describe("moat connection limits", function()
   it("--check refuses limit_non_client > limit_per_address, naming it", function()
     local _, conf = moat.prepare { listener = '{ { port = %PORT%, address = "127.0.0.1" },\n' ..
                                               '  limit_per_address = 2, limit_non_client = 3 }' }
+    finally(function() os.execute("rm -rf '" .. conf:match("^(.*)/") .. "'") end)
     local rc, out, err = moat.check(conf)
     assert.equals(1, rc, out .. err)
     local text = out .. err
     assert.truthy(text:find("limit_non_client", 1, true), text)
     assert.truthy(text:find("limit_per_address", 1, true), text)
-    assert.truthy(text:find(conf, 1, true), text)
+    assert.truthy(text:find(conf:gsub("%p", "%%%0") .. ":%d+:"), "file:line expected: " .. text)
     -- equal values are fine
     local _, conf2 = moat.prepare { listener = '{ { port = %PORT%, address = "127.0.0.1" }, ' ..
                                                'limit_per_address = 3, limit_non_client = 3 }' }
+    finally(function() os.execute("rm -rf '" .. conf2:match("^(.*)/") .. "'") end)
     rc, out, err = moat.check(conf2)
     assert.equals(0, rc, out .. err)
-    os.execute("rm -rf '" .. conf:match("^(.*)/") .. "' '" .. conf2:match("^(.*)/") .. "'")
   end)
 
   it("many concurrent connections: each address is held to its own limit", function()

@@ -17,8 +17,10 @@ local function good_script(version)
   return ([[
 local moat = require "moat"
 local P = {}
+function P.mail_from(s, addr) s.vars.lines = 0 end
+function P.data_line(s, line, part) s.vars.lines = s.vars.lines + 1 end
 function P.data_end(s, msg)
-  s:add_header("X-Soak-Version", "%s")
+  s:add_header("X-Soak-Version", "%s lines=" .. s.vars.lines)
 end
 return P
 ]]):format(version)
@@ -144,10 +146,13 @@ describe("moat reload soak", function()
         local m = spool[o.qid]
         if not m or not m.eml or not m.env or not m.envelope then
           lost[#lost + 1] = o.qid .. " " .. o.mid .. " (missing .eml or .env)"
+        elseif m.envelope.id ~= o.qid or m.envelope.from ~= "load@remote.example"
+               or not (m.envelope.rcpts and m.envelope.rcpts[1] and m.envelope.rcpts[1].addr == "joe@example.test") then
+          lost[#lost + 1] = o.qid .. " " .. o.mid .. " (wrong envelope: " .. m.env .. ")"
         elseif not m.eml:find("\r?\nMessage%-ID: " .. o.mid:gsub("%p", "%%%0") .. "\r?\n") then
           lost[#lost + 1] = o.qid .. " " .. o.mid .. " (wrong Message-ID)"
         else
-          local v = m.eml:match("X%-Soak%-Version: (v%d+)")
+          local v = m.eml:match("X%-Soak%-Version: (v%d+) lines=%d+\r?\n")
           if not v then lost[#lost + 1] = o.qid .. " (no X-Soak-Version header)"
           else versions[v] = true end
         end
@@ -167,8 +172,12 @@ describe("moat reload soak", function()
              "RSS after warm-up %d kB, after the soak %d kB; lua_memory_bytes %d -> %d; total %.1f s")
             :format(CLIENTS, conns, #okays, RELOADS, reload_end - t0, nversions, warm_rss, end_rss,
                     warm_stats.lua_memory_bytes, st.lua_memory_bytes, socket.gettime() - t0))
-      assert.truthy(end_rss < warm_rss * 1.5 + 10240,
-        ("RSS grew from %d kB to %d kB"):format(warm_rss, end_rss))
+      -- ASan keeps freed memory in quarantine by design: there the bound says
+      -- nothing (its LeakSanitizer run at stop checks for leaks instead).
+      if not moat.is_asan() then
+        assert.truthy(end_rss < warm_rss * 1.5 + 10240,
+          ("RSS grew from %d kB to %d kB"):format(warm_rss, end_rss))
+      end
     end)
     stop_load()
     if not ok then error(err, 0) end

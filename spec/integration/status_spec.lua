@@ -9,6 +9,20 @@ local socket = require "socket"
 local H = require "helpers.moat"
 local DNS = require "helpers.dns"
 
+-- helpers.dns picks a port that is free for UDP, but dnsmasq also listens on
+-- TCP there and fails when that TCP port is taken (a TIME_WAIT left by some
+-- earlier connection is enough): retry on a fresh port.  (Reported helper bug.)
+local function retry_start(fn, arg)
+  local last
+  for _ = 1, 5 do
+    local ok, srv = pcall(fn, arg)
+    if ok then return srv end
+    last = srv
+    if not tostring(srv):find("Address already in use", 1, true) then break end
+  end
+  error(last, 2)
+end
+
 local ZONE1, ZONE2 = "bl.example.test", "bl2.example.test"
 
 -- Who plays what.  Every address below 127.0.0.20 appears in the DNS data.
@@ -143,9 +157,9 @@ describe("address status (integration)", function()
   local dnsmasq, rbl1, rbl2, srv
 
   setup(function()
-    dnsmasq = DNS.start { ptr = PTRS }
-    rbl1 = DNS.start_rbldnsd { zone = ZONE1, entries = ZONE1_ENTRIES }
-    rbl2 = DNS.start_rbldnsd { zone = ZONE2, entries = ZONE2_ENTRIES }
+    dnsmasq = retry_start(DNS.start, { ptr = PTRS })
+    rbl1 = retry_start(DNS.start_rbldnsd, { zone = ZONE1, entries = ZONE1_ENTRIES })
+    rbl2 = retry_start(DNS.start_rbldnsd, { zone = ZONE2, entries = ZONE2_ENTRIES })
   end)
   teardown(function()
     H.stop_all()
