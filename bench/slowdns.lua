@@ -56,7 +56,7 @@ local function parse(msg)
   end
   if i + 3 > #msg then return nil end
   local qtype = string.unpack(">I2", msg, i)
-  return table.concat(labels, "."):lower(), qtype, i + 3
+  return table.concat(labels, "."):lower(), qtype, i + 4   -- just past QTYPE and QCLASS
 end
 
 -- Build the reply to msg: rcode and answer records of qtype.

@@ -51,11 +51,25 @@ static int ref_utf8_valid(const unsigned char *s, size_t n)
     return 1;
 }
 
+/* FUZZ_PATH_ALLOW_DEL=1 tolerates DEL (0x7f), to keep fuzzing past the
+ * known finding fuzz/regress/fuzz_path/quoted-pair-del until it is fixed. */
+static int allow_del;
+
 static int has_ctl(const char *s)
 {
     for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+        if ((unsigned char)*s < 0x20 || (*s == 0x7f && !allow_del))
             return 1;
+    return 0;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    const char *e = getenv("FUZZ_PATH_ALLOW_DEL");
+    allow_del = e && *e == '1';
     return 0;
 }
 

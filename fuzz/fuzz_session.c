@@ -26,8 +26,11 @@
  * getsockname is wrapped too, so an AF_UNIX socket reads as 192.0.2.25:25
  * (smtp.c treats any non-IPv6 family as IPv4: see README "Notes").
  *
+ * Every log line is checked to be one line (no control bytes: no log
+ * injection) and then dropped.
+ *
  * Environment: MOAT_ROOT (repository root, default: the build's),
- * FUZZ_SESSION_VERBOSE=1 prints the server's replies. */
+ * FUZZ_SESSION_VERBOSE=1 prints the server's replies and the log. */
 #include <dirent.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -187,6 +190,41 @@ int __wrap_getsockname(int fd, struct sockaddr *sa, socklen_t *len)
     return rc;
 }
 
+/* log.c writes each event line to fd 2 with one write().  Every such line
+ * must be exactly one line, whatever hostile text it quotes (log.h): a
+ * newline, CR or other control byte inside it is log injection.  The lines
+ * are checked, then dropped (FUZZ_SESSION_VERBOSE=1 shows them). */
+ssize_t __real_write(int fd, const void *buf, size_t n);
+ssize_t __wrap_write(int fd, const void *buf, size_t n);
+ssize_t __wrap_write(int fd, const void *buf, size_t n)
+{
+    if (fd != STDERR_FILENO)
+        return __real_write(fd, buf, n);
+    const unsigned char *p = buf;
+    if (n == 0 || p[n - 1] != '\n') {
+        fprintf(stderr, "fuzz_session: a log line does not end in a newline: %.*s\n", (int)n, (const char *)buf);
+        abort();
+    }
+    for (size_t i = 0; i + 1 < n; i++)
+        if (p[i] < 0x20 || p[i] == 0x7f) {
+            fprintf(stderr, "fuzz_session: control byte 0x%02x at %zu inside a log line: %.*s\n", p[i], i, (int)n,
+                    (const char *)buf);
+            abort();
+        }
+    if (verbose)
+        return __real_write(fd, buf, n);
+    return (ssize_t)n;
+}
+
+/* main.c is not linked (this harness is the main program); control.c and
+ * watch.c call its reload entry point, which no input can reach here. */
+int server_reload(char *err, size_t errlen);
+__attribute__((weak)) int server_reload(char *err, size_t errlen)
+{
+    snprintf(err, errlen, "reload is not available in the fuzzer");
+    return -1;
+}
+
 /* ---- setup ------------------------------------------------------------------ */
 
 static void die(const char *what, const char *detail)
@@ -344,7 +382,7 @@ static void write_config(void)
                "main_domain = \"example.test\"\n"
                "local_domains = { \"example.test\", \"local.test\" }\n"
                "spool_dir = \"spool\"\n"
-               "log_level = \"error\"\n"
+               "log_level = \"debug\"\n"
                "dns = { servers = { \"127.0.0.1:9\" }, timeout_ms = 10, tries = 1 }\n"
                "listener \"smtp\" { { port = 2525, address = \"127.0.0.1\", tls = \"ext\" } }\n"
                "tables = {\n"
@@ -377,7 +415,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     srv.rt = runtime_load(conf, err, sizeof err);
     if (!srv.rt)
         die("runtime_load", err);
-    log_set_level(LOG_ERR);
+    log_set_level(LOG_DEBUG);   /* every log line is built and checked (see __wrap_write) */
     const struct config *c = &srv.rt->cfg;
     srv.tempblock = tb_new();
     tb_configure(srv.tempblock, &c->tb);

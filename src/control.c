@@ -206,7 +206,7 @@ int control_open(const char *path, char *err, size_t errlen)
         return -1;
     }
     chmod(path, 0600);
-    ctl = evconnlistener_new(srv.base, ctl_accept, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    ctl = evconnlistener_new(srv.base, ctl_accept, NULL, LEV_OPT_CLOSE_ON_FREE, 0, fd);
     ctl_path = strdup(path);
     log_kv(LOG_INFO, "control_socket", "path", path, NULL);
     return 0;

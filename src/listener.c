@@ -321,7 +321,7 @@ static struct listener_sock *open_new(const struct want *w, char *err, size_t er
         return NULL;
     struct listener_sock *ls = calloc(1, sizeof *ls);
     snprintf(ls->desc, sizeof ls->desc, "%s", w->desc);
-    ls->evl = evconnlistener_new(srv.base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, -1, fd);
+    ls->evl = evconnlistener_new(srv.base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, 0, fd);  /* 0: already listening, keep BACKLOG */
     evconnlistener_set_error_cb(ls->evl, on_accept_error);
     return ls;
 }

@@ -41,9 +41,38 @@ static void apply_log_level(const struct config *c)
             log_set_level((enum log_level)i);
 }
 
+static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b && strcmp(a, b) == 0); }
+
+/* Settings that are set up once at start.  A reload that changes one is
+ * refused (and says which), rather than acknowledged and ignored. */
+static const char *restart_only_change(const struct config *a, const struct config *b)
+{
+    if (!same_str(a->spool_dir, b->spool_dir) || a->spool_threads != b->spool_threads)
+        return "spool_dir/spool_threads";
+    if (!same_str(a->control_socket, b->control_socket))
+        return "control_socket";
+    if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries)
+        return "dns";
+    if (!same_str(a->metrics_address, b->metrics_address) || a->metrics_port != b->metrics_port)
+        return "metrics";
+    const struct delivery_conf *x = &a->delivery, *y = &b->delivery;
+    if (x->mode != y->mode || !same_str(x->next_hop, y->next_hop) || x->next_hop_port != y->next_hop_port ||
+        x->lmtp != y->lmtp || x->max_age != y->max_age || x->retry_min != y->retry_min ||
+        x->retry_max != y->retry_max || x->concurrency != y->concurrency || x->timeout != y->timeout)
+        return "delivery";
+    return NULL;
+}
+
 int server_reload(char *err, size_t errlen)
 {
     struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
+    const char *changed = rt ? restart_only_change(&srv.rt->cfg, &rt->cfg) : NULL;
+    if (changed) {
+        snprintf(err, errlen, "%s: '%s' changed: restart moat to apply it (the running configuration is unchanged)",
+                 rt->cfg.path, changed);
+        runtime_unref(rt);
+        rt = NULL;
+    }
     if (rt && listeners_apply(&rt->cfg, err, errlen) != 0) {
         runtime_unref(rt);
         rt = NULL;
@@ -54,6 +83,7 @@ int server_reload(char *err, size_t errlen)
         return -1;
     }
     struct runtime *old = srv.rt;
+    rt->generation = old->generation + 1;
     srv.rt = rt;      /* new sessions start here; running ones keep theirs */
     tb_configure(srv.tempblock, &rt->cfg.tb);   /* blocks and counters survive */
     runtime_unref(old);

@@ -11,8 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static unsigned long next_generation = 1;
-
 const char *runtime_root(void)
 {
     static char root[PATH_MAX];
@@ -40,7 +38,7 @@ struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
     struct runtime *rt = calloc(1, sizeof *rt);
     rt->refs = 1;
     stats_runtime_created();
-    rt->generation = next_generation++;
+    rt->generation = 1;   /* server_reload numbers the ones that go live */
     rt->cfg.path = strdup(config_path);
     rt->mem_limit = 256u << 20;   /* until the config says otherwise */
     rt->L = lb_state_new(rt);

@@ -127,11 +127,13 @@ end
 
 -- Used by the policies' connect hooks: settle s.status, remember the details
 -- in s.vars.address for the other policy and for blacklisted processing.
+-- The first of the two policies to run asks everything both need (PTR and
+-- every zone) in one parallel batch, so an address matched by a DNS name and
+-- listed by an RBL keeps its zone, and a dead DNS server costs one timeout.
 function M.apply(s, opts)
-  local info = s.vars.address
-  if info and (info.final or info.status ~= "other" or info.whitehole) then return end
-  local r = M.decide(s.ip, opts, info, function(msg) s:log(msg) end)
-  r.final = by_lists(s.ip) ~= nil
+  if s.vars.address then return end
+  opts = { names = opts.names or policy_enabled("blacklist"), rbl = opts.rbl or policy_enabled("rbl") }
+  local r = M.decide(s.ip, opts, {}, function(msg) s:log(msg) end)
   s.vars.address = r
   if r.ptr then s.ptr = r.ptr end
   if r.status ~= s.status then

@@ -109,13 +109,20 @@ local function poll(f, timeout, step)
   return f()
 end
 
--- A UDP port that is free right now on 127.0.0.1.
+-- A port that is free right now on 127.0.0.1 for UDP and for TCP (dnsmasq
+-- listens on both; a port free for UDP alone made its start fail now and then).
 function M.free_udp_port()
-  local u = assert(socket.udp())
-  assert(u:setsockname("127.0.0.1", 0))
-  local _, port = u:getsockname()
-  u:close()
-  return tonumber(port)
+  for _ = 1, 50 do
+    local u = assert(socket.udp())
+    assert(u:setsockname("127.0.0.1", 0))
+    local _, port = u:getsockname()
+    local t = socket.tcp()
+    local ok = t:bind("127.0.0.1", tonumber(port))
+    t:close()
+    u:close()
+    if ok then return tonumber(port) end
+  end
+  error("no port free for both UDP and TCP")
 end
 
 local function is_root()
