@@ -6,7 +6,7 @@
 --   -- a second moat that spools what it accepts; its rcpt hook answers by
 --   -- local part: "bad" -> 550 5.1.1 no such user, "later" -> 451 4.2.0 try
 --   -- later, "slow" -> moat.sleep(opts.slow or 1) then accepts; others accept.
---   local hop = NH.moat { slow = 1, listener = "{ ... }", extra = "..." }
+--   local hop = NH.moat { slow = 1, port = P, listener = "{ ... }", extra = "..." }
 --   hop.port, hop.address ("127.0.0.1"), hop.hop ("127.0.0.1:PORT", for next_hop)
 --   NH.messages(hop)            -> hop:spool_files() (id, eml, env, envelope)
 --   NH.wait_messages(hop, n, t) -> the list once it holds >= n messages (fails otherwise)
@@ -85,6 +85,7 @@ function M.moat(opts)
   opts = opts or {}
   local srv = H.start {
     tag = opts.tag or "nexthop",
+    port = opts.port,
     listener = opts.listener,
     tables = { client_ips = "127.0.0.0/8\n" },
     scripts = { ["nexthop.lua"] = hop_script(opts.slow) },

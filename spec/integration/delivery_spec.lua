@@ -190,8 +190,12 @@ describe("relay mode", function()
     assert.truthy(b:find("\r\nContent-Type: message/delivery-status\r\n", 1, true), b)
     assert.truthy(b:find("\r\nReporting-MTA: dns; mx.example.test\r\n", 1, true), b)
     -- per-recipient fields: a block per failed recipient
+    local ds = b:match("\r\nContent%-Type: message/delivery%-status\r\n\r\n(.-)\r\n%-%-")
+    assert.truthy(ds, b)
     local blocks = {}
-    for block in b:gmatch("Final%-Recipient: rfc822; [^\r\n]+\r\n[^-]-\r\n\r\n") do blocks[#blocks + 1] = block end
+    for block in (ds .. "\r\n\r\n"):gmatch("(.-)\r\n\r\n") do
+      if block:find("^\r?\n?Final%-Recipient:") then blocks[#blocks + 1] = block .. "\r\n" end
+    end
     local function block_for(addr)
       for _, bl in ipairs(blocks) do
         if bl:find("Final-Recipient: rfc822; " .. addr .. "\r\n", 1, true) then return bl end
@@ -402,15 +406,16 @@ describe("relay mode", function()
       front:wait_log("event=removed qid=" .. id1, 5)
       front:wait_log("event=removed qid=" .. id2, 5)
       front:wait_log("event=removed qid=" .. id3, 5)
+      local at_hop, at_smarthost = by_mid(NH.messages(hop)), by_mid(NH.messages(smarthost))
       -- no via host: the smarthost
-      assert.same({ ["carl@plain.example"] = 1, ["bob@partner.example"] = rcpt_addrs(smarthost)["bob@partner.example"] },
-                  rcpt_addrs(smarthost))
+      assert.equals(1, at_smarthost["<plain@remote.example>"])
       -- a local route via hub.example goes there
-      assert.equals(1, rcpt_addrs(hop)["ann@branch.example"])
+      assert.equals(1, at_hop["<lvia@remote.example>"])
       -- NoRelay:partner.example = partner.example@relay.partner.example: via relay.partner.example
       local l2 = front:events("delivery", { qid = id2 })[1]
-      assert.equals(1, rcpt_addrs(hop)["bob@partner.example"],
+      assert.equals(1, at_hop["<rvia@remote.example>"],
                     "bob@partner.example has the Router via host relay.partner.example but went to next_hop: " .. tostring(l2))
+      assert.is_nil(at_smarthost["<rvia@remote.example>"])
     end)
 
     it("a Router alias to a remote address is delivered to the rewritten address", function()
@@ -455,8 +460,8 @@ describe("relay mode", function()
     local delivered_before = #NH.messages(hop)
     assert.truthy(delivered_before < N, "the kill came too late to be in the middle of the run")
     local left = envs_parse(front, "after the kill")
-    assert.truthy(left >= 1)
-    assert.equals(N - delivered_before >= left and left or left, left)
+    -- nothing lost at the kill: every message is at the next hop or still queued
+    assert.truthy(left + delivered_before >= N, ("%d delivered + %d queued < %d"):format(delivered_before, left, N))
 
     NH.relaunch(front)
     assert.truthy(H.poll(function()
