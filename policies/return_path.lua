@@ -44,17 +44,7 @@ local MAX_MX_HOSTS = 8        -- A + AAAA each: 16 queries, moat.dns.query_all's
 
 -- Our own Router (same table, same settings) for when the router policy is not
 -- configured, or did not run first for this Return-Path.
-local R
-do
-  local tbl
-  local text, path = moat.table_text("router")
-  if text then
-    local err
-    tbl, err = router.parse(text, path)
-    if not tbl then error(err, 0) end
-  end
-  R = router.new(tbl, { main_domain = settings.main_domain, local_domains = settings.local_domains })
-end
+local R = router.configured(settings, moat.table_text("router"))
 
 ---------------------------------------------------------------------------
 -- helpers

@@ -30,17 +30,7 @@ local router = require "moat.router"
 
 local settings = moat.settings or {}
 
-local tbl
-do
-  local text, path = moat.table_text("router")
-  if text then
-    local err
-    tbl, err = router.parse(text, path)
-    if not tbl then error(err, 0) end
-  end
-end
-
-local R = router.new(tbl, { main_domain = settings.main_domain, local_domains = settings.local_domains })
+local R = router.configured(settings, moat.table_text("router"))
 
 local P = {}
 

@@ -16,12 +16,7 @@ local P = {}
 
 local settings = moat.settings or {}
 
-local function policy_enabled(name)
-  for _, p in ipairs(settings.policies or {}) do
-    if p == name then return true end
-  end
-  return false
-end
+local policy_enabled = moat.policy_enabled
 
 local router_enabled = policy_enabled("router")
 

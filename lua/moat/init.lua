@@ -62,6 +62,14 @@ M.log = core.log
 M.list = core.list
 M.dns = { query = core.dns_query, query_all = core.dns_query_all, reverse = core.dns_reverse }
 M.settings = core.settings
+
+-- policy_enabled(name): is the stock policy `name` in the configured chain?
+function M.policy_enabled(name)
+  for _, p in ipairs((M.settings or {}).policies or {}) do
+    if p == name then return true end
+  end
+  return false
+end
 M.tempblock = core.tempblock
 M.table_text = core.table_text
 M.is_local_address = core.is_local_address

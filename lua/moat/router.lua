@@ -265,6 +265,21 @@ function M.load(text, filename, opts)
   return M.new(tbl, opts), tbl
 end
 
+--- configured(settings, text, path) -> router
+-- The site's Router: the table (text and path from moat.table_text("router"),
+-- nil when none is configured) with main_domain and local_domains from the
+-- settings.  A malformed table raises "file:line: problem", so the policy
+-- that loads it fails to load and `moat --check` reports the line.
+function M.configured(settings, text, path)
+  local tbl
+  if text then
+    local err
+    tbl, err = M.parse(text, path)
+    if not tbl then error(err, 0) end
+  end
+  return M.new(tbl, { main_domain = settings.main_domain, local_domains = settings.local_domains })
+end
+
 ---------------------------------------------------------------------------
 -- Routing
 ---------------------------------------------------------------------------

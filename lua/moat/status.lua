@@ -52,12 +52,7 @@ local function listing(answers)
   return nil
 end
 
-local function policy_enabled(name)
-  for _, p in ipairs(settings.policies or {}) do
-    if p == name then return true end
-  end
-  return false
-end
+local policy_enabled = moat.policy_enabled
 
 local function trusted(ip)
   local tb = moat.tempblock

@@ -60,6 +60,11 @@ local function load(world)
     log = function(msg) rec.logs[#rec.logs + 1] = msg end,
     reject = function(code, text) return { action = "reject", code = code, text = text } end,
   }
+  -- As the real moat.policy_enabled: is the policy in the configured chain?
+  stub.policy_enabled = function(name)
+    for _, p in ipairs(stub.settings.policies) do if p == name then return true end end
+    return false
+  end
   package.loaded["moat"] = nil
   package.loaded["moat.status"] = nil
   package.preload["moat"] = function() return stub end
