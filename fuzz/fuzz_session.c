@@ -48,6 +48,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <lua.h>
+
 #include "config.h"
 #include "dns.h"
 #include "iplist.h"
@@ -330,7 +332,21 @@ static void write_config(void)
     struct stat st;
     if (stat(base, &st) != 0 || !S_ISDIR(st.st_mode) || access(base, W_OK) != 0)
         base = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(tmpdir, sizeof tmpdir, "%s/moat-fuzz-XXXXXX", base);
+    /* moat-fuzz-PID-XXXXXX; an interrupted fuzzer (libFuzzer _Exit()s on
+     * SIGINT, so atexit does not run) leaves one: remove those of dead PIDs. */
+    DIR *d = opendir(base);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        int pid;
+        if (sscanf(e->d_name, "moat-fuzz-%d-", &pid) == 1 && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
+            char stale[512];
+            snprintf(stale, sizeof stale, "%s/%s", base, e->d_name);
+            remove_tree(stale);
+        }
+    }
+    if (d)
+        closedir(d);
+    snprintf(tmpdir, sizeof tmpdir, "%s/moat-fuzz-%d-XXXXXX", base, (int)getpid());
     if (!mkdtemp(tmpdir))
         die("mkdtemp", strerror(errno));
     atexit(cleanup_tmpdir);
@@ -393,6 +409,8 @@ static void write_config(void)
                "smtp = { max_message_size = 65536, max_line_length = 1000, timeout = 5, max_errors = 1000,\n"
                "         max_recipients = 20 }\n"
                "lua = { budget = 200000 }\n"
+               "protection = { temp_block = { failed_logins = { 3, 60 }, protocol_errors = { 200, 60 },\n"
+               "  debug_failed_logins = { 1, 60 }, debug_protocol_errors = { 3, 60 }, block_time = 60, limit = 100 } }\n"
                "policies = { \"router\", \"banned\", \"rules\", \"spamtrap\", \"relay\" }\n"
                "scripts = { \"site.lua\" }\n");
 }
@@ -602,5 +620,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (spooled)
         check_spool();
+    /* Collect the session's Lua garbage now: keeps libFuzzer's malloc/free
+     * balance (it re-runs unbalanced inputs to look for leaks) and frees
+     * anything a dangling reference would point to while ASan watches. */
+    lua_gc(srv.rt->L, LUA_GCCOLLECT);
     return 0;
 }

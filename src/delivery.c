@@ -239,6 +239,13 @@ static void queue_bounce(struct qmsg *m)
 
 /* ---- one message's life ------------------------------------------------------ */
 
+/* The address to give the next hop: the Router's rewrite when there is one. */
+static const char *rcpt_address(const struct env_rcpt *r)
+{
+    return r->route_address && *r->route_address ? r->route_address : r->addr;
+}
+
+
 static int pending_rcpts(const struct qmsg *m)
 {
     int n = 0;
@@ -449,7 +456,7 @@ static void on_ready(void *arg, int code, const char *text)
     smtpc_cmd(a->c, line, on_mail, a);
     a->replies_left = a->n;
     for (int k = 0; k < a->n; k++) {
-        snprintf(line, sizeof line, "RCPT TO:<%s>", a->m->env.rcpts[a->rcpt[k]].addr);
+        snprintf(line, sizeof line, "RCPT TO:<%s>", rcpt_address(&a->m->env.rcpts[a->rcpt[k]]));
         smtpc_cmd(a->c, line, on_rcpt_or_ignore, a);
     }
 }
@@ -572,22 +579,34 @@ static void resolve(struct attempt *a, const char *host, int mx)
 
 /* ---- scheduling ----------------------------------------------------------------- */
 
-/* Where a recipient goes: its route's "via" host, else next_hop, else MX. */
+
+/* A "via" host: the Router gave a host other than the address's own domain
+ * (for a plain remote route, the Router's host is just that domain). */
+static int via_host(const struct env_rcpt *r)
+{
+    if (!r->host || !*r->host)
+        return 0;
+    const char *at = strrchr(rcpt_address(r), '@');
+    return !at || strcasecmp(at + 1, r->host) != 0;
+}
+
+/* Where a recipient goes: its route's via host, else next_hop, else the MX
+ * of its (possibly rewritten) address's domain.  A via host is looked up like
+ * a domain too (MX, then A), as "deliver via host" names a mail host. */
 static void destination_of(const struct env_rcpt *r, char *key, size_t len, char *host, size_t hlen, int *mx)
 {
-    *mx = 0;
-    if (r->host && *r->host && strcmp(r->kind, "remote") != 0) {
-        snprintf(key, len, "via %s", r->host);
+    *mx = 1;
+    if (via_host(r)) {
+        snprintf(key, len, "MX of %s", r->host);
         snprintf(host, hlen, "%s", r->host);
     } else if (R.conf.next_hop) {
+        *mx = 0;
         snprintf(key, len, "next hop %s:%d", R.conf.next_hop, R.conf.next_hop_port);
         snprintf(host, hlen, "%s", R.conf.next_hop);
     } else {
-        const char *at = strrchr(r->addr, '@');
-        const char *domain = r->host && *r->host ? r->host : at ? at + 1 : "";
-        snprintf(key, len, "MX of %s", domain);
-        snprintf(host, hlen, "%s", domain);
-        *mx = 1;
+        const char *at = strrchr(rcpt_address(r), '@');
+        snprintf(key, len, "MX of %s", at ? at + 1 : "");
+        snprintf(host, hlen, "%s", at ? at + 1 : "");
     }
 }
 
@@ -609,7 +628,7 @@ static void try_message(struct qmsg *m, time_t now)
         }
         a->m = m;
         snprintf(a->dest, sizeof a->dest, "%s", a->key);
-        a->port = !mx && R.conf.next_hop && strncmp(a->key, "next hop", 8) == 0 ? R.conf.next_hop_port : 25;
+        a->port = mx ? 25 : R.conf.next_hop_port;
         for (int j = i; j < m->env.nrcpts && j < 64 && a->n < 64; j++) {
             char k2[300], h2[256];
             int mx2;

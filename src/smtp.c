@@ -113,6 +113,7 @@ struct session {
     char qid[32];
     struct smtpc *proxy;          /* delivery mode "proxy": the next hop session */
     int proxy_replies, proxy_worst;
+    char proxy_worst_text[SMTPC_REPLY_MAX];
 };
 
 static int open_sessions;
@@ -665,10 +666,17 @@ static void proxy_rcpt_done(void *arg, int code, const char *text)
 static void proxy_data_done(void *arg, int code, const char *text)
 {
     struct session *s = arg;
-    if (--s->proxy_replies > 0) {
-        if (code < 200 || code > 299)
-            s->proxy_worst = code;   /* LMTP: keep the first failure */
+    /* LMTP answers once per recipient; an SMTP client gets one reply, so the
+     * first failure stands for the message (it will retry or bounce). */
+    if ((code < 200 || code > 299) && !s->proxy_worst) {
+        s->proxy_worst = code;
+        snprintf(s->proxy_worst_text, sizeof s->proxy_worst_text, "%s", text);
+    }
+    if (--s->proxy_replies > 0)
         return;
+    if (s->proxy_worst) {
+        code = s->proxy_worst;
+        text = s->proxy_worst_text;
     }
     relay_reply(s, code, text);
     log_transaction(s, code >= 200 && code <= 299 ? "accept" : "reject", "proxy", text);
@@ -704,12 +712,9 @@ static void default_route(const struct config *c, const struct smtp_path *p, str
     memset(r, 0, sizeof *r);
     snprintf(r->address, sizeof r->address, "%s", p->raw);
     int plain = !p->routed && !strpbrk(p->local, "%!@\"");
-    if (!p->domain[0]) {
-        snprintf(r->kind, sizeof r->kind, "local");     /* <postmaster> */
-        return;
-    }
-    int local = plain && config_is_local_domain(c, p->domain);
+    int local = !p->domain[0] || (plain && config_is_local_domain(c, p->domain));   /* "" = <postmaster> */
     snprintf(r->kind, sizeof r->kind, "%s", local ? "local" : "remote");
+    /* Like the Router: a remote route's host is where it goes, here its domain. */
     if (!local)
         snprintf(r->host, sizeof r->host, "%s", p->domain);
 }

@@ -266,7 +266,23 @@ static int command_reply(struct smtpc *c, int code)
             e->body_sent = 1;
             return 0;
         }
-        e->replies = 1;    /* DATA refused: one answer, the refusal */
+        /* DATA refused: every expected answer (one per LMTP recipient) is that refusal. */
+        c->head = e->next;
+        if (!c->head)
+            c->tail = &c->head;
+        c->in_cb++;
+        for (int i = 0; i < e->replies && !c->close_requested; i++)
+            e->cb(e->arg, code, c->reply);
+        c->in_cb--;
+        free(e->line);
+        evbuffer_free(e->body);
+        free(e);
+        if (c->close_requested && c->in_cb == 0) {
+            do_close(c);
+            return 1;
+        }
+        flush(c);
+        return 0;
     }
     int last = --e->replies <= 0;
     if (last) {            /* unlink first: the callback may close c */

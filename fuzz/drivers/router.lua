@@ -16,11 +16,9 @@ local address = require "moat.address"
 
 local KINDS = { ["local"] = true, remote = true, error = true, spamtrap = true, null = true }
 local LOCALS = { ["example.test"] = true, ["local.test"] = true }
+-- Routed on every input (keep it short: the table, not these, varies).
 local FIXED = {
-  "joe@example.test", "<joe@example.test>", "postmaster", "<postmaster>", "JOE@EXAMPLE.TEST",
-  "u%remote.example@example.test", "remote.example!u@example.test", "\"u@remote.example\"@example.test",
-  "<@a.example,@b.example:u@c.example>", "spamtrap", "error@example.test", "null", "x@[192.0.2.1]",
-  "x@[IPv6:2001:db8::1]", "a@local.test", "sales@corp.example", "", "<>",
+  "joe@example.test", "u%remote.example@example.test", "<@a.example,@b.example:u@c.example>", "postmaster",
 }
 
 local function check(res, err, input, has_relayall)
@@ -74,11 +72,11 @@ return function(data)
       inputs[#inputs + 1] = "joe%other.example@" .. key
     end
   end
-  for _, a in ipairs(inputs) do
+  for i, a in ipairs(inputs) do
     local res, rerr = r:route(a)
     check(res, rerr, a, has_relayall)
-    -- a parsed address table is accepted too
-    local pa = address.parse(a)
+    -- a parsed address table is accepted too (checked for the fuzzed addresses)
+    local pa = i > #FIXED and address.parse(a)
     if pa and not pa.null then
       local res2, rerr2 = r:route(pa)
       check(res2, rerr2, a, has_relayall)

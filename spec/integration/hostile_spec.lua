@@ -452,12 +452,14 @@ return { helo = function(s, name) if name == "sleepy.example" then moat.sleep(2)
     c.sock:settimeout(0)
     local sent, pos, t0 = 0, 1, socket.gettime()
     local history, last_probe, probes = {}, t0, {}
+    local inflight = false    -- a send stopped half-way: TLS must retry it with the same bytes
     while socket.gettime() - t0 < 3 do
       local n, err, last = c.sock:send(block, pos)
       local upto = n or last or pos - 1           -- index of the last byte sent
       sent = math.tointeger(sent + (upto - pos + 1))
       pos = upto + 1
       if pos > #block then pos = 1 end
+      inflight = err ~= nil
       assert(err == nil or err == "timeout" or err == "wantwrite", err)
       if err then socket.sleep(0.02) end
       if socket.gettime() - last_probe >= 1 then
@@ -497,15 +499,16 @@ return { helo = function(s, name) if name == "sleepy.example" then moat.sleep(2)
     end
     local commands
     while true do
-      if pos ~= 1 then
+      if pos ~= 1 or inflight then
         local n, err, last = c.sock:send(block, pos)
         local upto = n or last or pos - 1
         sent = math.tointeger(sent + (upto - pos + 1))
         pos = upto + 1
         if pos > #block then pos = 1 end
+        inflight = err ~= nil
         assert(err == nil or err == "timeout" or err == "wantwrite" or err == "wantread", err)
       end
-      if pos == 1 and not commands then commands = sent // #cmd end
+      if pos == 1 and not inflight and not commands then commands = sent // #cmd end
       local data, err, partial = c.sock:receive(65536)
       take(data or partial or "")
       assert(data or err == "timeout" or err == "wantread" or err == "wantwrite", err)
