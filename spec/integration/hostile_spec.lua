@@ -156,11 +156,11 @@ describe("moat under hostile clients", function()
   end)
 
   -- ------------------------------------------------------------------------
-  -- listener.c bind_one() listens with BACKLOG (1024), but open_new() then
-  -- calls evconnlistener_new(..., backlog = -1, fd), and libevent turns -1
-  -- into listen(fd, 128): the accept queue is 128.  A burst of connections
-  -- overflows it, the kernel drops SYNs and those clients wait 1 s (then 3 s)
-  -- for a retransmission, legitimate ones included.
+  -- Regression: listener.c bind_one() listens with BACKLOG (1024); open_new()
+  -- once passed backlog -1 to evconnlistener_new(), which libevent turns into
+  -- listen(fd, 128).  A burst of connections then overflowed the accept
+  -- queue, the kernel dropped SYNs and those clients (legitimate ones too)
+  -- waited 1 s, then 3 s, for a retransmission.
   it("a burst of 1,000 connections is queued (listen backlog 1024), no client waits for a SYN retransmit", function()
     local N = 1000
     local srv, base = start {}
