@@ -7,7 +7,9 @@
  * a dead port.  Each input is then the byte stream a client sends:
  *
  *   socketpair -> smtp_session_new(server end, peer 192.0.2.1:1234, a socket
- *   with tls = "ext" so AUTH is offered) -> the input is written in two parts
+ *   with tls = "ext" so AUTH is offered; or, when the input contains
+ *   STARTTLS, a plain socket where STARTTLS is offered with a self-signed
+ *   certificate) -> the input is written in two parts
  *   (split at a point derived from the input, so commands and DATA lines get
  *   cut across reads) -> the loop runs until nothing moves -> the client end
  *   is closed -> the loop runs until the session has been freed.
@@ -49,6 +51,10 @@
 #include <unistd.h>
 
 #include <lua.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <strings.h>
 
 #include "config.h"
 #include "dns.h"
@@ -70,7 +76,7 @@ struct server srv;
 
 static char tmpdir[256];
 static char spool_new[300];
-static struct listener_sock lsock;
+static struct listener_sock lsock_ext, lsock_plain;
 static unsigned char peer_key[16];
 static struct sockaddr_in peer;
 static int verbose;
@@ -182,8 +188,9 @@ int __real_getsockname(int fd, struct sockaddr *sa, socklen_t *len);
 int __wrap_getsockname(int fd, struct sockaddr *sa, socklen_t *len);
 int __wrap_getsockname(int fd, struct sockaddr *sa, socklen_t *len)
 {
+    socklen_t cap = *len;
     int rc = __real_getsockname(fd, sa, len);
-    if (rc == 0 && sa->sa_family == AF_UNIX && *len >= sizeof(struct sockaddr_in)) {
+    if (rc == 0 && sa->sa_family == AF_UNIX && cap >= sizeof(struct sockaddr_in)) {
         struct sockaddr_in local = { .sin_family = AF_INET, .sin_port = htons(25) };
         inet_pton(AF_INET, "192.0.2.25", &local.sin_addr);
         memcpy(sa, &local, sizeof local);
@@ -326,6 +333,37 @@ static const char *const site_lua =
     "function P.disconnect(s) s.vars.done = true end\n"
     "return P\n";
 
+/* A self-signed P-256 certificate for example.test, so that STARTTLS is
+ * offered on the plain socket. */
+static void write_certificate(void)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    if (!key || !x)
+        die("cannot make a test key", NULL);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3650L * 86400);
+    X509_set_pubkey(x, key);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"example.test", -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    if (!X509_sign(x, key, EVP_sha256()))
+        die("cannot sign the test certificate", NULL);
+    char path[512];
+    snprintf(path, sizeof path, "%s/cert.pem", tmpdir);
+    FILE *f = fopen(path, "w");
+    if (!f || !PEM_write_X509(f, x) || fclose(f) != 0)
+        die("cannot write", path);
+    snprintf(path, sizeof path, "%s/key.pem", tmpdir);
+    f = fopen(path, "w");
+    if (!f || !PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) || fclose(f) != 0)
+        die("cannot write", path);
+    X509_free(x);
+    EVP_PKEY_free(key);
+}
+
 static void write_config(void)
 {
     const char *base = "/dev/shm";
@@ -393,9 +431,11 @@ static void write_config(void)
                "if from matches \"addhdr@*\" then add_header \"X-Rules-Added: yes\"\n"
                "if header \"Subject\" missing and rcpt matches \"strict@*\" then reject 554\n");
     write_file("site.lua", site_lua);
+    write_certificate();
     write_file("moat.conf",
                "server_name = \"mx.fuzz.test\"\n"
                "main_domain = \"example.test\"\n"
+               "domains = { [\"example.test\"] = { certificate = \"cert.pem\", private_key = \"key.pem\" } }\n"
                "local_domains = { \"example.test\", \"local.test\" }\n"
                "spool_dir = \"spool\"\n"
                "log_level = \"debug\"\n"
@@ -450,9 +490,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
      * it back to listener_conn_closed, which looks the address up in its
      * hash buckets and finds nothing in a zeroed state.  1 MiB is far more
      * than sizeof(struct listener_state) (about 33 KiB). */
-    lsock.tls = TLS_EXT;
-    snprintf(lsock.desc, sizeof lsock.desc, "fuzz");
-    lsock.state = calloc(1, 1u << 20);
+    lsock_ext.tls = TLS_EXT;
+    snprintf(lsock_ext.desc, sizeof lsock_ext.desc, "fuzz-ext");
+    lsock_ext.state = calloc(1, 1u << 20);
+    lsock_plain.tls = TLS_OFF;
+    snprintf(lsock_plain.desc, sizeof lsock_plain.desc, "fuzz-plain");
+    lsock_plain.state = calloc(1, 1u << 20);
 
     peer.sin_family = AF_INET;
     peer.sin_port = htons(1234);
@@ -593,7 +636,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0)
         die("socketpair", strerror(errno));
     int client = sv[0];
-    smtp_session_new(sv[1], (const struct sockaddr *)&peer, sizeof peer, &lsock, peer_key);
+    /* tls = "ext" (AUTH offered) unless the input says STARTTLS: then a plain
+     * socket, where STARTTLS is offered and the rest of the input becomes
+     * the client's side of the TLS handshake. */
+    struct listener_sock *ls = &lsock_ext;
+    for (size_t i = 0; i + 8 <= size; i++)
+        if (strncasecmp((const char *)data + i, "STARTTLS", 8) == 0) {
+            ls = &lsock_plain;
+            break;
+        }
+    smtp_session_new(sv[1], (const struct sockaddr *)&peer, sizeof peer, ls, peer_key);
 
     size_t split = size ? fnv1a(data, size) % (size + 1) : 0;
     settle(client);

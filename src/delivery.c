@@ -50,6 +50,7 @@ struct attempt {
     int dns_stage;             /* 0 = MX, 1 = A of hosts / of the domain */
     char mx_hosts[MAX_IPS][256];
     int nmx, mx_done;
+    struct attempt *prev, *next;   /* live attempts, aborted at shutdown */
 };
 
 static struct {
@@ -66,6 +67,8 @@ static struct {
     char *spool_dir, *server_name;
     struct dest_count { char key[300]; int n; } dests[256];
     int ndests;
+    struct attempt *attempts;
+    int stopping;
 } R = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void finish_attempt(struct attempt *a);
@@ -474,8 +477,19 @@ static void start_attempt(struct attempt *a)
     finish_attempt(a);
 }
 
+static void unlink_attempt(struct attempt *a)
+{
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        R.attempts = a->next;
+    if (a->next)
+        a->next->prev = a->prev;
+}
+
 static void finish_attempt(struct attempt *a)
 {
+    unlink_attempt(a);
     if (a->c)
         smtpc_close(a->c);
     (*dest_count(a->key))--;
@@ -579,6 +593,8 @@ static void resolve(struct attempt *a, const char *host, int mx)
 
 /* ---- scheduling ----------------------------------------------------------------- */
 
+static void try_recipients(struct qmsg *m, time_t now);
+
 
 /* A "via" host: the Router gave a host other than the address's own domain
  * (for a plain remote route, the Router's host is just that domain). */
@@ -612,6 +628,16 @@ static void destination_of(const struct env_rcpt *r, char *key, size_t len, char
 
 static void try_message(struct qmsg *m, time_t now)
 {
+    /* Hold the message: an attempt can end (and the message be removed)
+     * before resolve() returns, while this loop still needs m. */
+    m->in_flight++;
+    try_recipients(m, now);
+    m->in_flight--;
+    message_round_done(m);
+}
+
+static void try_recipients(struct qmsg *m, time_t now)
+{
     int used[64] = { 0 };
     for (int i = 0; i < m->env.nrcpts && i < 64; i++) {
         struct env_rcpt *r = &m->env.rcpts[i];
@@ -644,6 +670,10 @@ static void try_message(struct qmsg *m, time_t now)
         }
         (*inflight)++;
         m->in_flight++;
+        a->next = R.attempts;
+        if (R.attempts)
+            R.attempts->prev = a;
+        R.attempts = a;
         resolve(a, host, mx);
     }
 }
@@ -718,6 +748,24 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     run_queue();
 }
 
+/* Shutdown, on the runner's thread: abandon what is in flight (those
+ * recipients stay pending on disk and are retried at the next start) and
+ * give connections that are saying QUIT a moment to finish. */
+static void abort_attempts(void)
+{
+    while (R.attempts) {
+        struct attempt *a = R.attempts;
+        unlink_attempt(a);
+        dns_cancel(a->dnsq);
+        smtpc_abort(a->c);
+        for (int k = 0; k < a->n; k++)
+            free(a->rcpt_reply[k]);
+        free(a);
+    }
+    struct timeval tv = { 0, 200000 };
+    event_base_loopexit(R.base, &tv);
+}
+
 static void on_pipe(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -725,6 +773,10 @@ static void on_pipe(evutil_socket_t fd, short what, void *arg)
     char buf[64];
     while (read(fd, buf, sizeof buf) > 0)
         ;
+    if (__atomic_load_n(&R.stopping, __ATOMIC_ACQUIRE)) {
+        abort_attempts();
+        return;
+    }
     run_queue();
 }
 
@@ -806,7 +858,9 @@ int delivery_start(const struct config *c, char *err, size_t errlen)
         return -1;
     }
     R.running = 1;
-    log_kv(LOG_INFO, "delivery", "mode", "relay", "next_hop", R.conf.next_hop, NULL);
+    char hop[300];
+    snprintf(hop, sizeof hop, "%s:%d", R.conf.next_hop ? R.conf.next_hop : "", R.conf.next_hop_port);
+    log_kv(LOG_INFO, "delivery", "mode", "relay", "next_hop", R.conf.next_hop ? hop : NULL, NULL);
     return 0;
 }
 
@@ -814,7 +868,7 @@ void delivery_stop(void)
 {
     if (!R.running)
         return;
-    event_base_loopbreak(R.base);
+    __atomic_store_n(&R.stopping, 1, __ATOMIC_RELEASE);
     delivery_poke();
     pthread_join(R.thread, NULL);
     R.running = 0;

@@ -475,3 +475,12 @@ void smtpc_close(struct smtpc *c)
     }
     do_close(c);
 }
+
+void smtpc_abort(struct smtpc *c)
+{
+    if (!c)
+        return;
+    free_entries(c);
+    bufferevent_free(c->bev);
+    free(c);
+}

@@ -35,5 +35,7 @@ int smtpc_pipelining(const struct smtpc *c);
 int smtpc_tls(const struct smtpc *c);
 /* Send QUIT (if alive) and free once written; callbacks never run after this. */
 void smtpc_close(struct smtpc *c);
+/* Free now, without a word to the server (shutdown); NULL is fine. */
+void smtpc_abort(struct smtpc *c);
 
 #endif

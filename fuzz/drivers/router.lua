@@ -21,6 +21,18 @@ local FIXED = {
   "joe@example.test", "u%remote.example@example.test", "<@a.example,@b.example:u@c.example>", "postmaster",
 }
 
+-- FUZZ_KNOWN=router-null-target skips the known finding
+-- fuzz/regress/fuzz_router/empty-capture-null-target (until it is fixed).
+local skip_null_target = (os.getenv("FUZZ_KNOWN") or ""):find("router-null-target", 1, true)
+
+local function route(r, a)
+  if not skip_null_target then return r:route(a) end
+  local ok, res, err = pcall(r.route, r, a)
+  if ok then return res, err end
+  if tostring(res):find("local 'lp'", 1, true) then return nil, "known: null target" end
+  error(res, 0)
+end
+
 local function check(res, err, input, has_relayall)
   if res == nil then
     assert(type(err) == "string" and err ~= "", "route returned nil without a message")
@@ -73,12 +85,12 @@ return function(data)
     end
   end
   for i, a in ipairs(inputs) do
-    local res, rerr = r:route(a)
+    local res, rerr = route(r, a)
     check(res, rerr, a, has_relayall)
     -- a parsed address table is accepted too (checked for the fuzzed addresses)
     local pa = i > #FIXED and address.parse(a)
     if pa and not pa.null then
-      local res2, rerr2 = r:route(pa)
+      local res2, rerr2 = route(r, pa)
       check(res2, rerr2, a, has_relayall)
       assert((res == nil) == (res2 == nil) and (res == nil or res.kind == res2.kind),
         "routing a string and its parsed table differ for " .. a)

