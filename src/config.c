@@ -408,6 +408,9 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     read_string_list(L, "local_domains", &c->local_domains, &c->nlocal_domains);
     c->spool_dir = get_str(L, "spool_dir", NULL);
     c->spool_threads = (int)get_int(L, "spool_threads", 4);
+    char *sync = get_str(L, "spool_sync", "fsync");
+    c->spool_syncfs = strcmp(sync, "syncfs") == 0;
+    free(sync);
     c->control_socket = get_str(L, "control_socket", NULL);
     c->log_level = get_str(L, "log_level", "info");
     lua_getfield(L, -1, "watch");

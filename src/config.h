@@ -71,6 +71,7 @@ struct config {
     int nlocal_domains;
     char *spool_dir;
     int spool_threads;
+    int spool_syncfs;         /* spool_sync = "syncfs" */
     char *control_socket;
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;

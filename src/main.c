@@ -47,7 +47,8 @@ static int same_str(const char *a, const char *b) { return (!a && !b) || (a && b
  * refused (and says which), rather than acknowledged and ignored. */
 static const char *restart_only_change(const struct config *a, const struct config *b)
 {
-    if (!same_str(a->spool_dir, b->spool_dir) || a->spool_threads != b->spool_threads)
+    if (!same_str(a->spool_dir, b->spool_dir) || a->spool_threads != b->spool_threads ||
+        a->spool_syncfs != b->spool_syncfs)
         return "spool_dir/spool_threads";
     if (!same_str(a->control_socket, b->control_socket))
         return "control_socket";
@@ -153,7 +154,7 @@ static int start(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start worker threads");
         return -1;
     }
-    srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, err, errlen);
+    srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, c->spool_syncfs, err, errlen);
     if (!srv.spool)
         return -1;
     srv.dns = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, errlen);

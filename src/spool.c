@@ -46,6 +46,7 @@ struct spool {
     struct spool_job *queue, **queue_tail;
     struct spool_job *done;           /* finished, waiting for the loop */
     int stopping;
+    int use_syncfs;                   /* spool_sync = "syncfs": one sync per batch */
     int nthreads;
     pthread_t threads[MAX_THREADS];
     int pipe_rd, pipe_wr;
@@ -102,7 +103,7 @@ static int write_tmp(struct spool *sp, const char *name, struct evbuffer *b, con
     if (fd < 0)
         return errno;
     int err = b ? write_all_buf(fd, b) : write_all(fd, text, strlen(text));
-    if (!err && fsync(fd) != 0)
+    if (!err && !sp->use_syncfs && fsync(fd) != 0)
         err = errno;
     if (close(fd) != 0 && !err)
         err = errno;
@@ -111,16 +112,36 @@ static int write_tmp(struct spool *sp, const char *name, struct evbuffer *b, con
     return err;
 }
 
-static int commit_files(struct spool *sp, struct spool_job *j)
+static void job_names(const struct spool_job *j, char eml[48], char env[48])
+{
+    snprintf(eml, 48, "%s.eml", j->id);
+    snprintf(env, 48, "%s.env", j->id);
+}
+
+/* Write both files into tmp/ (and fsync each, unless the batch is synced
+ * as a whole with syncfs). */
+static int write_files(struct spool *sp, struct spool_job *j)
 {
     char eml[48], env[48];
-    snprintf(eml, sizeof eml, "%s.eml", j->id);
-    snprintf(env, sizeof env, "%s.env", j->id);
+    job_names(j, eml, env);
     int err = write_tmp(sp, eml, j->msg, NULL);
     if (!err)
         err = write_tmp(sp, env, NULL, j->env);
-    /* .eml first: a reader that sees ID.env finds a complete ID.eml. */
-    if (!err && renameat(sp->tmp_fd, eml, sp->new_fd, eml) != 0)
+    if (err) {
+        unlinkat(sp->tmp_fd, eml, 0);
+        unlinkat(sp->tmp_fd, env, 0);
+    }
+    return err;
+}
+
+/* Move a durable pair into new/: .eml first, so a reader that sees ID.env
+ * finds a complete ID.eml. */
+static int publish_files(struct spool *sp, struct spool_job *j)
+{
+    char eml[48], env[48];
+    job_names(j, eml, env);
+    int err = 0;
+    if (renameat(sp->tmp_fd, eml, sp->new_fd, eml) != 0)
         err = errno;
     if (!err && renameat(sp->tmp_fd, env, sp->new_fd, env) != 0) {
         err = errno;
@@ -131,6 +152,43 @@ static int commit_files(struct spool *sp, struct spool_job *j)
         unlinkat(sp->tmp_fd, env, 0);
     }
     return err;
+}
+
+static void fail_batch(struct spool *sp, struct spool_job *batch, int e)
+{
+    for (struct spool_job *j = batch; j; j = j->next)
+        if (!j->err) {
+            j->err = e;
+            char eml[48], env[48];
+            job_names(j, eml, env);
+            unlinkat(sp->tmp_fd, eml, 0);
+            unlinkat(sp->tmp_fd, env, 0);
+        }
+}
+
+/* One batch: write everything, make it durable (an fsync per file, or one
+ * syncfs for the whole batch), rename into new/, fsync new/ once. */
+static void commit_batch(struct spool *sp, struct spool_job *batch)
+{
+    int ok = 0;
+    for (struct spool_job *j = batch; j; j = j->next)
+        if ((j->err = write_files(sp, j)) == 0)
+            ok++;
+    if (ok && sp->use_syncfs && syncfs(sp->tmp_fd) != 0) {
+        fail_batch(sp, batch, errno);
+        return;
+    }
+    ok = 0;
+    for (struct spool_job *j = batch; j; j = j->next)
+        if (!j->err && (j->err = publish_files(sp, j)) == 0)
+            ok++;
+    /* The renames are durable only once new/ itself is on disk. */
+    if (ok && fsync(sp->new_fd) != 0) {
+        int e = errno;
+        for (struct spool_job *j = batch; j; j = j->next)
+            if (!j->err)
+                j->err = e;
+    }
 }
 
 static void post_done(struct spool *sp, struct spool_job *batch)
@@ -171,17 +229,7 @@ static void *writer(void *arg)
             sp->queue_tail = &sp->queue;
         pthread_mutex_unlock(&sp->mu);
 
-        int ok = 0;
-        for (struct spool_job *j = batch; j; j = j->next)
-            if ((j->err = commit_files(sp, j)) == 0)
-                ok++;
-        /* The renames are durable only once new/ itself is on disk. */
-        if (ok && fsync(sp->new_fd) != 0) {
-            int e = errno;
-            for (struct spool_job *j = batch; j; j = j->next)
-                if (!j->err)
-                    j->err = e;
-        }
+        commit_batch(sp, batch);
         post_done(sp, batch);
     }
 }
@@ -310,9 +358,11 @@ fail:
     return -1;
 }
 
-struct spool *spool_open(struct event_base *base, const char *dir, int threads, char *err, size_t errlen)
+struct spool *spool_open(struct event_base *base, const char *dir, int threads, int use_syncfs,
+                         char *err, size_t errlen)
 {
     struct spool *sp = calloc(1, sizeof *sp);
+    sp->use_syncfs = use_syncfs;
     sp->dir = strdup(dir);
     sp->tmp_fd = sp->new_fd = sp->lock_fd = -1;
     sp->queue_tail = &sp->queue;

@@ -18,7 +18,9 @@ struct spool_job;
 /* err = 0 on success, an errno value otherwise; latency_ms = submit..durable. */
 typedef void (*spool_done_cb)(void *arg, int err, double latency_ms);
 
-struct spool *spool_open(struct event_base *base, const char *dir, int threads,
+/* use_syncfs: make each batch durable with one syncfs(2) of the spool's
+ * file system instead of an fsync per file (spool_sync = "syncfs"). */
+struct spool *spool_open(struct event_base *base, const char *dir, int threads, int use_syncfs,
                          char *err, size_t errlen);
 /* Finish every queued job, then stop the threads. */
 void spool_close(struct spool *sp);

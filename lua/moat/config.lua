@@ -133,6 +133,10 @@ local settings = {
   end,
   spool_dir = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
   spool_threads = function(n, v) return check_int(n, v, 1, 64) end,
+  spool_sync = function(n, v)
+    if v ~= "fsync" and v ~= "syncfs" then fail(n .. ': expected "fsync" or "syncfs"') end
+    return v
+  end,
   control_socket = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
   log_level = function(n, v)
     if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
