@@ -2,7 +2,8 @@
 CC      ?= cc
 PKGS    := lua5.4 libevent libevent_pthreads libevent_openssl libcares openssl
 DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
-           libcrypt-dev lua-busted lua-socket lua-sec dnsmasq-base rbldnsd swaks openssl
+           libcrypt-dev lua-busted lua-socket lua-sec dnsmasq-base rbldnsd swaks openssl \
+           clang-14 libclang-rt-14-dev valgrind
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -15,7 +16,7 @@ ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
 UNIT    := iplist dns address tempblock
 BUSTED  := lua5.4 /usr/bin/busted
 
-.PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench
+.PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench fuzz fuzz-build
 
 all: deps-check moat moatctl
 
@@ -76,6 +77,13 @@ test-asan: test
 
 bench: all
 	@bench/run
+
+# libFuzzer targets (clang-14); `make fuzz` runs each for FUZZ_SECONDS (default 60).
+fuzz-build:
+	$(MAKE) -f fuzz/Makefile all
+
+fuzz:
+	$(MAKE) -f fuzz/Makefile fuzz
 
 clean:
 	rm -rf build moat moatctl

@@ -479,7 +479,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     tb_configure(srv.tempblock, &c->tb);
     if (worker_init(srv.base, 1) != 0)
         die("worker_init failed", NULL);
-    srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, err, sizeof err);
+    srv.spool = spool_open(srv.base, c->spool_dir, c->spool_threads, c->spool_syncfs, err, sizeof err);
     if (!srv.spool)
         die("spool_open", err);
     srv.dns = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, sizeof err);

@@ -55,7 +55,7 @@ static int lua_traceback_handler(lua_State *L)
 
 static void lua_fail(lua_State *L, const char *what)
 {
-    fprintf(stderr, "\n==== %s: Lua error (a bug: moat modules must return nil, message) ====\n%s\n", what,
+    fprintf(stderr, "\n==== %s: Lua error or failed check (a bug: moat modules must answer hostile text with nil, message) ====\n%s\n", what,
             lua_tostring(L, -1));
     abort();
 }

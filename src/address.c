@@ -67,7 +67,8 @@ static const char *scan_local(const char *p, const char *end)
     if (p < end && *p == '"') {
         for (p++; p < end; p++) {
             if (*p == '\\') {
-                if (++p >= end || (unsigned char)*p < ' ')
+                /* quoted-pairSMTP: a backslash and one of %d32-126 (RFC 5321 4.1.2) */
+                if (++p >= end || (unsigned char)*p < ' ' || (unsigned char)*p > '~')
                     return NULL;
             } else if (*p == '"') {
                 return p + 1;

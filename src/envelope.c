@@ -276,6 +276,17 @@ static int parse_object(struct jp *j, int (*fn)(struct jp *, const char *, void 
     }
 }
 
+/* A key given twice keeps the last value, without leaking the first. */
+static int set_string(struct jp *j, char **field)
+{
+    char *v;
+    if (parse_string(j, &v) != 0)
+        return -1;
+    free(*field);
+    *field = v;
+    return 0;
+}
+
 static int route_member(struct jp *j, const char *k, void *ctx)
 {
     struct env_rcpt *r = ctx;
@@ -288,9 +299,9 @@ static int route_member(struct jp *j, const char *k, void *ctx)
         return 0;
     }
     if (strcmp(k, "address") == 0)
-        return parse_string(j, &r->route_address);
+        return set_string(j, &r->route_address);
     if (strcmp(k, "host") == 0)
-        return parse_string(j, &r->host);
+        return set_string(j, &r->host);
     if (strcmp(k, "can_relay") == 0)
         return parse_bool(j, &r->can_relay);
     return skip_value(j);
@@ -301,11 +312,11 @@ static int rcpt_member(struct jp *j, const char *k, void *ctx)
     struct env_rcpt *r = ctx;
     long long n;
     if (strcmp(k, "addr") == 0)
-        return parse_string(j, &r->addr);
+        return set_string(j, &r->addr);
     if (strcmp(k, "route") == 0)
         return parse_object(j, route_member, r);
     if (strcmp(k, "reply") == 0)
-        return parse_string(j, &r->reply);
+        return set_string(j, &r->reply);
     if (strcmp(k, "status") == 0) {
         char *s;
         if (parse_string(j, &s) != 0)
@@ -366,12 +377,18 @@ static int env_member(struct jp *j, const char *k, void *ctx)
         free(s);
         return 0;
     }
-    if (strcmp(k, "from") == 0) return parse_string(j, &e->from);
-    if (strcmp(k, "rcpts") == 0) return parse_rcpts(j, e);
-    if (strcmp(k, "ip") == 0) return parse_string(j, &e->ip);
-    if (strcmp(k, "helo") == 0) return parse_string(j, &e->helo);
-    if (strcmp(k, "user") == 0) return parse_string(j, &e->user);
-    if (strcmp(k, "received") == 0) return parse_string(j, &e->received);
+    if (strcmp(k, "from") == 0) return set_string(j, &e->from);
+    if (strcmp(k, "rcpts") == 0) {
+        struct envelope old = { .rcpts = e->rcpts, .nrcpts = e->nrcpts };
+        e->rcpts = NULL;
+        e->nrcpts = 0;
+        envelope_clear(&old);    /* "rcpts" twice: the last list counts */
+        return parse_rcpts(j, e);
+    }
+    if (strcmp(k, "ip") == 0) return set_string(j, &e->ip);
+    if (strcmp(k, "helo") == 0) return set_string(j, &e->helo);
+    if (strcmp(k, "user") == 0) return set_string(j, &e->user);
+    if (strcmp(k, "received") == 0) return set_string(j, &e->received);
     if (strcmp(k, "received_at") == 0 || strcmp(k, "size") == 0) {
         if (parse_number(j, &n) != 0)
             return -1;

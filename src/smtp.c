@@ -1279,8 +1279,18 @@ static void redirect_message(struct session *s, const char *address)
     char bracketed[PATH_MAX_LEN + 3];
     snprintf(bracketed, sizeof bracketed, "<%s>", address);
     const char *rest;
-    if (parse_path(bracketed, &p, &rest) == PATH_OK)
+    if (parse_path(bracketed, &p, &rest) == PATH_OK && !*rest) {
         default_route(&s->rt->cfg, &p, &s->rcpts[0].route);
+    } else {
+        /* Not a path the core can read: a remote route to itself, never a
+         * route borrowed from the first original recipient. */
+        struct route *r = &s->rcpts[0].route;
+        memset(r, 0, sizeof *r);
+        snprintf(r->kind, sizeof r->kind, "remote");
+        snprintf(r->address, sizeof r->address, "%s", address);
+        const char *at = strrchr(address, '@');
+        snprintf(r->host, sizeof r->host, "%s", at ? at + 1 : "");
+    }
     log_kv(LOG_INFO, "redirect", "session", s->id, "qid", s->qid, "to", address, NULL);
 }
 

@@ -427,6 +427,7 @@ end
 function Router:apply_address(st, rec, caps)
   local text = wildcard.expand(rec.target.text, caps)
   local a, err = address.parse(text)
+  if a and a.null then a, err = nil, "the null address" end   -- e.g. <*x> = * matching "x"
   if not a then
     return self:result(st, "error", { reason = "record on line " .. rec.line .. " gives a bad address: " .. err })
   end

@@ -189,6 +189,7 @@ function M.compile(text, name)
         fail(("add_header: \"%s\" is not a header like \"X-Name: value\""):format(h), ht)
       end
       if #hn + #hv + 2 > 998 then fail("add_header: the header is longer than 998 characters", ht) end
+      if hv:find("[%z\r\n]") then fail("add_header: the value may not contain CR, LF or NUL", ht) end
       a.name, a.value = hn, hv
     else
       fail("unknown action " .. describe(t) .. " (reject, discard, redirect, add_header)", t)

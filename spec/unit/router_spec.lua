@@ -37,6 +37,13 @@ end
 describe("moat.router", function()
   ---------------------------------------------------------------------------
   describe("parse", function()
+    it("routes a target that expands to the null address to an error, not a crash (found by fuzzing)", function()
+      local r = router.load("<*x> = *\n", "router", { main_domain = "example.test", local_domains = { "example.test" } })
+      local res = route(r, "x@example.test")
+      assert.equal("error", res.kind)
+      assert.matches("null address", res.reason)
+    end)
+
     it("reads every record form of DESIGN's example", function()
       local tbl = assert(router.parse(DESIGN_EXAMPLE, "router"))
       assert.equal(10, #tbl.records)

@@ -43,6 +43,11 @@ if rcpt matches "sales@*" then redirect "sales-archive@example.test"
       assert.same({ to = true, subject = true }, set.headers)
     end)
 
+    it("refuses an add_header value holding CR, LF or NUL at load, with its line (found by fuzzing)", function()
+      assert.equal('conf/rules:2: add_header: the value may not contain CR, LF or NUL',
+                   err_of('; header injection\nif ip matches "*" then add_header "X:\r"\n'):match("^[^\n]*"))
+    end)
+
     it("accepts an empty file and a file of comments", function()
       assert.equal(0, #compile("").rules)
       assert.equal(0, #compile("; nothing\n   ; at all\n\n").rules)

@@ -55,6 +55,9 @@ static void test_bad(void)
     CHECK(parse("<joe@a..example>", &p) == PATH_SYNTAX, "double dot in domain");
     CHECK(parse("<jo e@example.test>", &p) == PATH_SYNTAX, "space in local part");
     CHECK(parse("<\"unterminated@example.test>", &p) == PATH_SYNTAX, "unterminated quote");
+    CHECK(parse("<\"\\\x7f\"@x>", &p) == PATH_SYNTAX, "DEL after a backslash in quotes refused (fuzz)");
+    CHECK(parse("<\"\\\xc3\"@x>", &p) == PATH_SYNTAX, "8-bit byte after a backslash refused");
+    CHECK(parse("<\"a\\\"b\"@x>", &p) == PATH_OK, "escaped quote inside quotes accepted");
     CHECK(parse("<joe@exa mple.test>", &p) == PATH_SYNTAX, "space in domain");
     char big[400];
     memset(big, 'a', sizeof big);
