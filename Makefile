@@ -10,7 +10,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-protot
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery
+CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery auth proxy
 OBJ     := $(CORE:%=build/%.o) build/main.o
 ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
 UNIT    := iplist dns address tempblock

@@ -7,12 +7,14 @@
 # smtp-source on CPU 1, 20 sessions, 1 KB, one message per connection unless
 # said otherwise), one moat per line, fresh spool each time:
 #
-#   spool     the same moat three ways: durable (as shipped); fsync(2) turned
-#             into a no-op by an LD_PRELOAD shim (NOT durable: the ceiling
-#             without disk waits); and "syncfs group commit": the shim skips
-#             the per-file fsyncs and turns the one directory fsync per batch
-#             into syncfs(2), which makes every file of the batch durable
-#             with one flush (durable, on a filesystem of its own).
+#   spool     the same moat several ways: durable (as shipped: an fsync per
+#             file); spool_sync = "syncfs" (when this moat has the setting);
+#             the "syncfs shim": an LD_PRELOAD library that skips the
+#             per-file fsyncs and turns the one directory fsync per batch into
+#             syncfs(2), which makes every file of the batch durable with one
+#             flush (durable, on a file system of its own; the experiment that
+#             preceded the setting); and fsync(2) turned into a no-op (NOT
+#             durable: the ceiling without disk waits).
 #   policies  no policies; stock; stock without banned; for 100 KB messages
 #             also a data_line hook that does nothing (the cost of the hook
 #             call itself, per line).
@@ -88,7 +90,10 @@ case $w in
 spool)
     echo "spool ($N messages, 1 KB, 1 msg/conn, stock policies):"
     MOAT_SED='' MOAT_PRELOAD='' variant "durable (as shipped)" "$N" 1024
-    MOAT_SED='' MOAT_PRELOAD=$WORK/syncfs.so variant "syncfs group commit (durable)" "$N" 1024
+    if grep -q spool_sync lua/moat/config.lua; then
+        MOAT_SED='s/^log_level = /spool_sync = "syncfs"\nlog_level = /' MOAT_PRELOAD='' variant "spool_sync = \"syncfs\" (durable)" "$N" 1024
+    fi
+    MOAT_SED='' MOAT_PRELOAD=$WORK/syncfs.so variant "syncfs shim (durable)" "$N" 1024
     MOAT_SED='' MOAT_PRELOAD=$WORK/nofsync.so variant "no fsync at all (not durable)" "$N" 1024
     MOAT_SED='' MOAT_PRELOAD='' variant "durable, many/conn" "$N" 1024 many
     MOAT_SED='' MOAT_PRELOAD=$WORK/nofsync.so variant "no fsync at all, many/conn" "$N" 1024 many

@@ -11,6 +11,7 @@
  * recipients smtp.max_recipients, protocol errors smtp.max_errors, idle
  * smtp.timeout, and pending output OUT_MAX. */
 #include "smtp.h"
+#include "smtp_session.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -48,80 +49,10 @@
 #include "worker.h"
 #include "smtpc.h"
 
-#define CMD_LINE_MAX 2048          /* RFC 5321 says 512; extensions need more */
-#define OUT_MAX (256 * 1024)       /* stop reading while the client does not read */
-#define HEADER_FIELD_MAX (64 * 1024)
-
-enum sstate { S_INIT, S_GREETED, S_HELO, S_MAIL, S_RCPT, S_DATA };
-
-struct rcpt {
-    char *raw;
-    struct route route;
-    int discard;
-};
-
-struct session {
-    struct session *prev, *next;  /* all open sessions, for shutdown */
-    char id[32];
-    struct bufferevent *bev;
-    struct runtime *rt;
-    struct lb_session lb;
-    struct listener_sock *lsock;
-    struct event *greet_timer;
-    char ip[64], local_ip[64];
-    unsigned char ipkey[16];      /* for the listener's per-address counts */
-    int port, local_port;
-    enum sstate state;
-    int busy;                     /* waiting for a hook or the spool */
-    enum phase pending;           /* which hook we wait for */
-    int closing;                  /* close once the output is flushed */
-    int skipping_line;            /* discarding an overlong line */
-    int esmtp;
-    int tls_mode;                 /* the socket's tls setting when we were accepted */
-    int tls_active;               /* TLS is running (tls = on, or after STARTTLS) */
-    SSL *tls_switch;              /* STARTTLS: start TLS once the 220 is written */
-    char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
-    int errors;
-    int debug;                    /* past a debug threshold: log the dialogue */
-    enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_state;
-    char auth_user[256];          /* LOGIN: the user given so far */
-    int auth_ok;                  /* the password check's result, for the auth hook */
-    int relay_allowed;            /* the authenticated account may relay */
-    struct auth_job *auth_job;    /* password check running off-loop */
-    char helo[256];
-    char user[256];               /* authenticated user, "" if none */
-    const char *client_status;
-
-    /* transaction */
-    char *from;
-    int smtputf8, body_8bit, discard_all;
-    struct rcpt *rcpts;
-    int nrcpts;
-    struct smtp_path pending_rcpt;
-
-    /* DATA */
-    struct evbuffer *msg;
-    size_t msg_size;
-    int too_big, line_too_long;
-    int prev_crlf;
-    int in_header;
-    struct evbuffer *field;       /* the header field being collected */
-    struct verdict kept;          /* first data_line verdict, given after the dot */
-    int have_kept;
-    int eod_pending;              /* the final dot came while a hook ran */
-    struct spool_job *job;
-    char qid[32];
-    struct smtpc *proxy;          /* delivery mode "proxy": the next hop session */
-    int proxy_replies, proxy_worst;
-    char proxy_worst_text[SMTPC_REPLY_MAX];
-};
-
 static int open_sessions;
 static struct session *all_sessions;
 static unsigned long session_serial;
 
-static void process_input(struct session *s);
-static void session_free(struct session *s);
 static void on_hook_done(void *owner, const struct verdict *v);
 
 int smtp_sessions_open(void) { return open_sessions; }
@@ -134,8 +65,8 @@ void smtp_close_all(void)
 
 /* ---- replies -------------------------------------------------------------- */
 
-static void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void reply(struct session *s, const char *fmt, ...)
+void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void reply(struct session *s, const char *fmt, ...)
 {
     char line[1024];
     va_list ap;
@@ -153,7 +84,7 @@ static void reply(struct session *s, const char *fmt, ...)
         log_kv(LOG_INFO, "debug_out", "session", s->id, "line", line, NULL);
 }
 
-static void close_after_reply(struct session *s)
+void close_after_reply(struct session *s)
 {
     s->closing = 1;
     bufferevent_disable(s->bev, EV_READ);
@@ -165,7 +96,7 @@ static void close_after_reply(struct session *s)
  * "Temporarily Blocked Addresses"): past the debug threshold its sessions
  * are logged verbatim, past the block threshold it is blocked and this
  * session ends. */
-static void note_event(struct session *s, enum tb_event ev)
+void note_event(struct session *s, enum tb_event ev)
 {
     /* White holes are never placed on the list, not even counted toward it. */
     if (!srv.tempblock || iplist_contains_str(s->rt->cfg.ip[T_UNBLACKLISTABLE], s->ip))
@@ -184,8 +115,8 @@ static void note_event(struct session *s, enum tb_event ev)
 }
 
 /* Protocol errors are counted; past smtp.max_errors the session ends. */
-static void protocol_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void protocol_error(struct session *s, const char *fmt, ...)
+void protocol_error(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void protocol_error(struct session *s, const char *fmt, ...)
 {
     char text[512];
     va_list ap;
@@ -207,7 +138,7 @@ static void protocol_error(struct session *s, const char *fmt, ...)
 /* Give a verdict from the chain as the reply; returns 1 if it answered. */
 static const char *action_name(const struct verdict *v);
 
-static int reply_verdict(struct session *s, const struct verdict *v)
+int reply_verdict(struct session *s, const struct verdict *v)
 {
     if (v->action != V_NONE)
         stats_verdict(v->action == V_ERROR ? "error" : v->policy,
@@ -241,7 +172,7 @@ static const char *action_name(const struct verdict *v)
 
 /* ---- transaction ---------------------------------------------------------- */
 
-static void reset_transaction(struct session *s)
+void reset_transaction(struct session *s)
 {
     free(s->from);
     s->from = NULL;
@@ -280,7 +211,7 @@ static char *rcpt_list(struct session *s)
     return r;
 }
 
-static void log_transaction(struct session *s, const char *verdict, const char *policy, const char *reply_text)
+void log_transaction(struct session *s, const char *verdict, const char *policy, const char *reply_text)
 {
     char *rcpts = rcpt_list(s);
     char size[32];
@@ -295,7 +226,7 @@ static void log_transaction(struct session *s, const char *verdict, const char *
 
 /* Each hook call either finishes now (returns 1, v filled) or suspends the
  * session until on_hook_done. */
-static int hook_wait(struct session *s, enum phase ph, int done, struct verdict *v)
+int hook_wait(struct session *s, enum phase ph, int done, struct verdict *v)
 {
     (void)v;
     if (done)
@@ -312,7 +243,6 @@ static void finish_rcpt(struct session *s, const struct verdict *v);
 static void finish_data_cmd(struct session *s, const struct verdict *v);
 static void finish_data_line(struct session *s, const struct verdict *v);
 static void finish_data_end(struct session *s, const struct verdict *v);
-static void finish_auth_hook(struct session *s, const struct verdict *v);
 
 static void on_hook_done(void *owner, const struct verdict *v)
 {
@@ -420,8 +350,7 @@ static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
 }
 
 /* AUTH only where the password cannot be sniffed (TLS here or in front). */
-static int session_secure(const struct session *s) { return s->tls_active || s->tls_mode == TLS_EXT; }
-static int auth_offered(const struct session *s) { return s->rt->accounts && session_secure(s) && !s->user[0]; }
+int session_secure(const struct session *s) { return s->tls_active || s->tls_mode == TLS_EXT; }
 
 /* STARTTLS is offered on plain sockets whose domain has a certificate. */
 static int starttls_offered(const struct session *s)
@@ -555,137 +484,6 @@ static void cmd_mail(struct session *s, char *arg)
         finish_mail(s, &v);
 }
 
-/* ---- proxy mode: the next hop answers, moat relays ------------------------ *
- * After the policies accept MAIL and each RCPT, the command goes to the next
- * hop and its own reply goes back to the client; the message is forwarded
- * after the final dot (the policies see it whole first) and the next hop's
- * final reply is the client's.  Nothing is queued locally; a next hop that is
- * down is a 451 4.4.1, never a silent accept. */
-static int proxy_mode(const struct session *s) { return s->rt->cfg.delivery.mode == DELIVERY_PROXY; }
-
-/* Give the next hop's reply to the client as it came (multi-line kept). */
-static void relay_reply(struct session *s, int code, const char *text)
-{
-    if (code == 0) {
-        log_kv(LOG_WARN, "proxy_error", "session", s->id, "error", text, NULL);
-        reply(s, "451 4.4.1 Next hop unavailable, try again later");
-        return;
-    }
-    char buf[SMTPC_REPLY_MAX];
-    snprintf(buf, sizeof buf, "%s", text);
-    for (char *line = buf, *nl; line && *line; line = nl) {
-        nl = strchr(line, '\n');
-        if (nl)
-            *nl++ = '\0';
-        reply(s, "%s", line);
-    }
-}
-
-static void proxy_resume(struct session *s)
-{
-    s->busy = 0;
-    if (s->closing) {
-        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-            session_free(s);
-        return;
-    }
-    process_input(s);
-}
-
-static void proxy_drop(struct session *s)
-{
-    smtpc_close(s->proxy);
-    s->proxy = NULL;
-}
-
-static void proxy_mail_done(void *arg, int code, const char *text)
-{
-    struct session *s = arg;
-    relay_reply(s, code, text);
-    if (code < 200 || code > 299) {
-        reset_transaction(s);
-        if (code == 0 || code == 421)
-            proxy_drop(s);
-    }
-    proxy_resume(s);
-}
-
-static void proxy_send_mail(struct session *s)
-{
-    char line[PATH_MAX_LEN + 64];
-    snprintf(line, sizeof line, "MAIL FROM:<%s>%s", s->from ? s->from : "", s->smtputf8 ? " SMTPUTF8" : "");
-    smtpc_cmd(s->proxy, line, proxy_mail_done, s);
-}
-
-static void proxy_ready(void *arg, int code, const char *text)
-{
-    struct session *s = arg;
-    if (code != 250) {
-        relay_reply(s, 0, text);
-        reset_transaction(s);
-        proxy_drop(s);
-        proxy_resume(s);
-        return;
-    }
-    proxy_send_mail(s);
-}
-
-static void proxy_mail(struct session *s)
-{
-    const struct delivery_conf *d = &s->rt->cfg.delivery;
-    s->busy = 1;
-    s->pending = PH_COUNT;
-    if (s->proxy) {
-        proxy_send_mail(s);
-        return;
-    }
-    s->proxy = smtpc_open(srv.base, d->next_hop, d->next_hop_port, d->lmtp, s->rt->cfg.server_name,
-                          d->timeout, proxy_ready, s);
-    if (!s->proxy) {
-        s->busy = 0;
-        relay_reply(s, 0, "cannot connect");
-        reset_transaction(s);
-    }
-}
-
-static void add_rcpt(struct session *s, const char *raw, const struct route *r, int discard);
-
-static void proxy_rcpt_done(void *arg, int code, const char *text)
-{
-    struct session *s = arg;
-    if (code >= 200 && code <= 299) {
-        struct route r;
-        memset(&r, 0, sizeof r);
-        snprintf(r.kind, sizeof r.kind, "proxy");
-        add_rcpt(s, s->pending_rcpt.raw, &r, 0);
-    }
-    relay_reply(s, code, text);
-    proxy_resume(s);
-}
-
-static void proxy_data_done(void *arg, int code, const char *text)
-{
-    struct session *s = arg;
-    /* LMTP answers once per recipient; an SMTP client gets one reply, so the
-     * first failure stands for the message (it will retry or bounce). */
-    if ((code < 200 || code > 299) && !s->proxy_worst) {
-        s->proxy_worst = code;
-        snprintf(s->proxy_worst_text, sizeof s->proxy_worst_text, "%s", text);
-    }
-    if (--s->proxy_replies > 0)
-        return;
-    if (s->proxy_worst) {
-        code = s->proxy_worst;
-        text = s->proxy_worst_text;
-    }
-    relay_reply(s, code, text);
-    log_transaction(s, code >= 200 && code <= 299 ? "accept" : "reject", "proxy", text);
-    if (code >= 200 && code <= 299)
-        srv.stats.messages_accepted++;
-    reset_transaction(s);
-    proxy_resume(s);
-}
-
 static void finish_mail(struct session *s, const struct verdict *v)
 {
     if (reply_verdict(s, v)) {
@@ -769,18 +567,14 @@ static void finish_rcpt(struct session *s, const struct verdict *v)
         return;
     }
     if (proxy_mode(s) && s->proxy && v->action != V_DISCARD) {
-        char line[PATH_MAX_LEN + 16];
-        snprintf(line, sizeof line, "RCPT TO:<%s>", raw);
-        s->busy = 1;
-        s->pending = PH_COUNT;
-        smtpc_cmd(s->proxy, line, proxy_rcpt_done, s);
+        proxy_rcpt(s, raw);
         return;
     }
     add_rcpt(s, raw, &v->route, v->action == V_DISCARD);
     reply(s, "250 2.1.5 Ok");
 }
 
-static void add_rcpt(struct session *s, const char *raw, const struct route *r, int discard)
+void add_rcpt(struct session *s, const char *raw, const struct route *r, int discard)
 {
     struct rcpt *n = realloc(s->rcpts, (size_t)(s->nrcpts + 1) * sizeof *n);
     if (!n)
@@ -879,18 +673,10 @@ static void cmd_starttls(struct session *s, char *arg)
     lb_set_str(&s->lb, "helo", NULL);
 }
 
-static void ignore_reply(void *arg, int code, const char *text)
-{
-    (void)arg;
-    (void)code;
-    (void)text;
-}
-
 static void cmd_rset(struct session *s, char *arg)
 {
     (void)arg;
-    if (s->proxy)
-        smtpc_cmd(s->proxy, "RSET", ignore_reply, NULL);
+    proxy_rset(s);
     reset_transaction(s);
     reply(s, "250 2.0.0 Ok");
 }
@@ -924,240 +710,6 @@ static void cmd_not_implemented(struct session *s, char *arg)
 {
     (void)arg;
     protocol_error(s, "502 5.5.1 Command not implemented");
-}
-
-/* ---- AUTH (RFC 4954: PLAIN, LOGIN) --------------------------------------- */
-
-/* Strict base64: returns the decoded length, or -1 for bad input. */
-static int b64_decode(const char *in, unsigned char *out, size_t cap)
-{
-    static const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t len = strlen(in), n = 0;
-    if (len % 4 != 0)
-        return -1;
-    for (size_t i = 0; i < len; i += 4) {
-        unsigned v = 0;
-        int pad = 0;
-        for (int k = 0; k < 4; k++) {
-            char c = in[i + k];
-            const char *p = c ? strchr(tab, c) : NULL;
-            if (c == '=' && i + 4 == len && k >= 2) {
-                pad++;
-                v <<= 6;
-                continue;
-            }
-            if (!p || pad)
-                return -1;
-            v = (v << 6) | (unsigned)(p - tab);
-        }
-        for (int k = 0; k < 3 - pad; k++) {
-            if (n >= cap)
-                return -1;
-            out[n++] = (unsigned char)(v >> (16 - 8 * k));
-        }
-    }
-    return (int)n;
-}
-
-struct auth_job {
-    struct session *s;            /* NULL once the session has gone */
-    struct worker_job *job;
-    char user[256];
-    char password[256];
-    char hash[256];
-    int known, ok;
-};
-
-static void auth_finish(struct session *s, const char *user, int ok, const char *why);
-
-/* On a pool thread: crypt(3) is slow by design. */
-static void auth_work(void *arg)
-{
-    struct auth_job *a = arg;
-    /* Unknown users cost the same as known ones: no user enumeration by timing. */
-    const char *dummy = "$6$moatdummysalt$YjD9wmPzGQ5zFuRE6OjRJTqtLZvqJ1H6k2KqVwD0xvP1k0LXWCmt1ZXBrUSGhwChfOv4s0Qx5A96lH1Kc4Z7d/";
-    int ok = accounts_check_password(a->known ? a->hash : dummy, a->password);
-    a->ok = a->known && ok;
-    memset(a->password, 0, sizeof a->password);
-}
-
-static void auth_done(void *arg)
-{
-    struct auth_job *a = arg;
-    struct session *s = a->s;
-    if (s) {
-        s->auth_job = NULL;
-        s->busy = 0;
-        auth_finish(s, a->user, a->ok, a->ok ? NULL : "bad password or unknown user");
-        if (!s->closing && !s->busy)
-            process_input(s);
-        else if (s->closing && evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-            session_free(s);
-    }
-    free(a);
-}
-
-static void auth_check(struct session *s, const char *user, const char *password)
-{
-    struct auth_job *a = calloc(1, sizeof *a);
-    a->s = s;
-    snprintf(a->user, sizeof a->user, "%s", user);
-    snprintf(a->password, sizeof a->password, "%s", password);
-    const struct account *acc = accounts_find(s->rt->accounts, user);
-    if (acc) {
-        a->known = 1;
-        snprintf(a->hash, sizeof a->hash, "%s", acc->hash);
-    }
-    s->auth_job = a;
-    s->busy = 1;
-    s->pending = PH_COUNT;
-    a->job = worker_submit(auth_work, auth_done, a);
-}
-
-static void finish_auth_hook(struct session *s, const struct verdict *v);
-
-/* The password was right (or not): apply Roaming, count failures, run the
- * auth hook, answer. */
-static void auth_finish(struct session *s, const char *user, int ok, const char *why)
-{
-    const struct account *acc = ok ? accounts_find(s->rt->accounts, user) : NULL;
-    int client = strcmp(s->client_status, "client") == 0;
-    if (acc && !acc->roaming && !client) {
-        ok = 0;
-        why = "roaming disabled: login only from client addresses";
-    }
-    snprintf(s->auth_user, sizeof s->auth_user, "%s", user);
-    s->relay_allowed = ok && acc && acc->relay;
-    if (!ok)
-        log_kv(LOG_WARN, "auth_failed", "session", s->id, "ip", s->ip, "user", user, "reason", why, NULL);
-    s->auth_ok = ok;
-    struct verdict v;
-    if (hook_wait(s, PH_AUTH, lb_auth(&s->lb, user, ok, &v), &v))
-        finish_auth_hook(s, &v);
-}
-
-static void finish_auth_hook(struct session *s, const struct verdict *v)
-{
-    int ok = s->auth_ok;
-    if (ok && reply_verdict(s, v)) {
-        ok = 0;       /* a policy refused this login: the client saw its reply */
-        log_kv(LOG_INFO, "auth_refused", "session", s->id, "ip", s->ip, "user", s->auth_user, "policy", v->policy, NULL);
-    } else if (ok) {
-        snprintf(s->user, sizeof s->user, "%s", s->auth_user);
-        lb_set_str(&s->lb, "user", s->user);
-        lb_set_bool(&s->lb, "relay_allowed", s->relay_allowed);
-        log_kv(LOG_INFO, "auth", "session", s->id, "ip", s->ip, "user", s->user,
-               "relay", s->relay_allowed ? "yes" : "no", NULL);
-        if (srv.tempblock) {
-            tb_make_unblockable(srv.tempblock, s->ipkey, time(NULL));
-            if (s->relay_allowed)
-                tb_make_trusted(srv.tempblock, s->ipkey, time(NULL));
-        }
-        reply(s, "235 2.7.0 Authentication successful");
-        return;
-    } else {
-        reply(s, "535 5.7.8 Authentication credentials invalid");
-    }
-    s->auth_user[0] = '\0';
-    s->relay_allowed = 0;
-    if (!ok && !s->closing)
-        note_event(s, TB_FAILED_LOGIN);
-}
-
-/* PLAIN: authzid NUL authcid NUL password; authzid empty or the same user. */
-static void auth_plain(struct session *s, const char *b64)
-{
-    unsigned char buf[768];
-    int n = b64_decode(b64, buf, sizeof buf - 1);
-    if (n < 0) {
-        protocol_error(s, "501 5.5.2 Invalid base64 data");
-        return;
-    }
-    buf[n] = '\0';
-    const char *authz = (const char *)buf;
-    const char *user = memchr(buf, '\0', (size_t)n) ? authz + strlen(authz) + 1 : NULL;
-    const char *pass = user && user < (const char *)buf + n ? user + strlen(user) + 1 : NULL;
-    if (!pass || pass > (const char *)buf + n || !*user || strlen(user) >= 256 || strlen(pass) >= 256 ||
-        (*authz && strcmp(authz, user) != 0)) {
-        protocol_error(s, "501 5.5.2 Invalid PLAIN authentication data");
-        return;
-    }
-    auth_check(s, user, pass);
-    memset(buf, 0, sizeof buf);
-}
-
-/* One line of a SASL exchange (the reply to a 334). */
-static void auth_continue(struct session *s, const char *line)
-{
-    if (strcmp(line, "*") == 0) {
-        s->auth_state = AUTH_NONE;
-        protocol_error(s, "501 5.7.0 Authentication cancelled");
-        return;
-    }
-    int state = s->auth_state;
-    s->auth_state = AUTH_NONE;
-    if (state == AUTH_PLAIN_WAIT) {
-        auth_plain(s, line);
-        return;
-    }
-    unsigned char buf[256];
-    int n = b64_decode(line, buf, sizeof buf - 1);
-    if (n <= 0 || memchr(buf, '\0', (size_t)n)) {
-        protocol_error(s, "501 5.5.2 Invalid base64 data");
-        return;
-    }
-    buf[n] = '\0';
-    if (state == AUTH_LOGIN_USER) {
-        snprintf(s->auth_user, sizeof s->auth_user, "%s", (char *)buf);
-        s->auth_state = AUTH_LOGIN_PASS;
-        reply(s, "334 UGFzc3dvcmQ6");
-        return;
-    }
-    char user[256];
-    snprintf(user, sizeof user, "%s", s->auth_user);
-    auth_check(s, user, (char *)buf);
-    memset(buf, 0, sizeof buf);
-}
-
-static void cmd_auth(struct session *s, char *arg)
-{
-    if (!s->rt->accounts) {
-        protocol_error(s, "502 5.5.1 Error: authentication not enabled");
-        return;
-    }
-    if (!session_secure(s)) {
-        protocol_error(s, "538 5.7.11 Encryption required for requested authentication mechanism");
-        return;
-    }
-    if (s->state < S_HELO) {
-        protocol_error(s, "503 5.5.1 Error: send HELO/EHLO first");
-        return;
-    }
-    if (s->user[0] || s->state >= S_MAIL) {
-        protocol_error(s, "503 5.5.1 Error: already authenticated or in a transaction");
-        return;
-    }
-    char *initial = strchr(arg, ' ');
-    if (initial)
-        *initial++ = '\0';
-    if (strcasecmp(arg, "PLAIN") == 0) {
-        if (initial && strcmp(initial, "=") != 0) {
-            auth_plain(s, initial);
-        } else {
-            s->auth_state = AUTH_PLAIN_WAIT;
-            reply(s, "334 ");
-        }
-    } else if (strcasecmp(arg, "LOGIN") == 0) {
-        if (initial) {
-            s->auth_state = AUTH_LOGIN_USER;
-            auth_continue(s, initial);
-        } else {
-            s->auth_state = AUTH_LOGIN_USER;
-            reply(s, "334 VXNlcm5hbWU6");
-        }
-    } else {
-        protocol_error(s, "504 5.5.4 Unrecognized authentication type");
-    }
 }
 
 static const struct command {
@@ -1221,20 +773,7 @@ static void store_message(struct session *s, const char *policy)
         evbuffer_add_printf(out, "%s\r\n", s->lb.headers[i]);
     evbuffer_add_buffer(out, s->msg);
     if (proxy_mode(s)) {
-        if (!s->proxy) {
-            evbuffer_free(out);
-            relay_reply(s, 0, "next hop connection lost");
-            reset_transaction(s);
-            return;
-        }
-        s->busy = 1;
-        s->pending = PH_COUNT;
-        int live = 0;
-        for (int i = 0; i < s->nrcpts; i++)
-            live += !s->rcpts[i].discard;
-        s->proxy_replies = s->rt->cfg.delivery.lmtp ? live : 1;
-        s->proxy_worst = 0;
-        smtpc_data(s->proxy, out, s->proxy_replies, proxy_data_done, s);
+        proxy_message(s, out);
         return;
     }
     char *env = envelope_json(s);
@@ -1495,7 +1034,7 @@ static int read_command(struct session *s, struct evbuffer *in, char *buf, size_
     return 1;
 }
 
-static void process_input(struct session *s)
+void process_input(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct evbuffer *out = bufferevent_get_output(s->bev);
@@ -1721,17 +1260,15 @@ static void setup_bev(struct session *s)
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
-static void session_free(struct session *s)
+void session_free(struct session *s)
 {
     log_kv(LOG_INFO, "disconnect", "session", s->id, "ip", s->ip, NULL);
     if (s->job)
         spool_job_detach(s->job);
-    if (s->auth_job) {
-        s->auth_job->s = NULL;    /* the check finishes; nobody is told */
-    }
+    auth_detach(s);
     if (s->greet_timer)
         event_free(s->greet_timer);
-    smtpc_close(s->proxy);      /* no callback reaches us after this */
+    proxy_close(s);             /* no callback reaches us after this */
     if (s->tls_switch)
         SSL_free(s->tls_switch);
     lb_disconnect(&s->lb);
