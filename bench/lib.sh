@@ -5,7 +5,8 @@
 SCPU=${BENCH_SERVER_CPU:-0}     # moat, smtp-sink, Postfix
 CCPU=${BENCH_CLIENT_CPU:-1}     # smtp-source, the DNS servers, the idle-connection helper
 CONF=$ROOT/bench/conf
-HZ=$(getconf CLK_TCK)
+HZ=$(getconf CLK_TCK)           # /proc/PID/stat ticks per second (used by run and profile.sh)
+export HZ
 
 FROM=bench@sender.example     # verified by return_path: MX + A in the DNS zone
 RCPT=bench@example.test       # local domain, no Router record
@@ -42,7 +43,7 @@ check_prerequisites() {
         fi
     fi
     [ "$(id -u)" = 0 ] || die "run as root: Postfix's master and rbldnsd's user switch need it"
-    [ -x ./moat ] && [ -x ./moatctl ] || die "build moat first (make)"
+    if [ ! -x ./moat ] || [ ! -x ./moatctl ]; then die "build moat first (make)"; fi
     [ "$(nproc)" -ge 2 ] || say "bench: warning: one CPU only; server and client share it"
 }
 

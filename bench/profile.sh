@@ -27,7 +27,7 @@
 # share, and the average spool commit latency (moatctl stats).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 WORK=${BENCH_DIR:-$ROOT/build/bench-profile}
 N=${PROFILE_MSGS:-8000}
 NBIG=${PROFILE_BIG_MSGS:-1000}
@@ -111,6 +111,7 @@ policies)
 perf)
     command -v perf >/dev/null || { say "profile: perf is not installed (linux-perf)"; continue; }
     for spec in "1024 $N" "102400 $NBIG"; do
+        # shellcheck disable=SC2086  # "SIZE COUNT" split on purpose
         set -- $spec
         MOAT_SED='' MOAT_PRELOAD=$WORK/nofsync.so start_moat "perf$1" "127.0.0.1:$DNS_PORT"
         perf record -q --call-graph dwarf,16384 -F 499 -t "$MOAT_PID" -o "$WORK/perf.$1.data" \

@@ -526,12 +526,17 @@ static void set_err(char *err, size_t errlen, const char *what, const char *why)
         snprintf(err, errlen, "%s: %s", what, why);
 }
 
+#define DNS_RCVBUF (4 << 20)   /* bytes; the kernel caps it at net.core.rmem_max */
+
 static int init_channel(dns *d, int timeout_ms, int tries, char *err, size_t errlen)
 {
     static char lookups[] = "b"; /* never the hosts file */
     struct ares_options o;
     memset(&o, 0, sizeof o);
-    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_FLAGS | ARES_OPT_LOOKUPS;
+    int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_FLAGS | ARES_OPT_LOOKUPS | ARES_OPT_SOCK_RCVBUF;
+    /* Hundreds of sessions asking at once (RBLs at connect) answer in bursts;
+     * the default ~200 KB UDP buffer dropped replies, each a retry later. */
+    o.socket_receive_buffer_size = DNS_RCVBUF;
     o.sock_state_cb = sock_state_cb;
     o.sock_state_cb_data = d;
     o.flags = ARES_FLAG_NOSEARCH | ARES_FLAG_NOALIASES;

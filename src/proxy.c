@@ -111,7 +111,7 @@ static void proxy_rcpt_done(void *arg, int code, const char *text)
         struct route r;
         memset(&r, 0, sizeof r);
         snprintf(r.kind, sizeof r.kind, "proxy");
-        add_rcpt(s, s->pending_rcpt.raw, &r, 0);
+        add_rcpt(s, s->pending_rcpt, &r, 0);
     }
     relay_reply(s, code, text);
     proxy_resume(s);
@@ -124,13 +124,14 @@ static void proxy_data_done(void *arg, int code, const char *text)
      * first failure stands for the message (it will retry or bounce). */
     if ((code < 200 || code > 299) && !s->proxy_worst) {
         s->proxy_worst = code;
-        snprintf(s->proxy_worst_text, sizeof s->proxy_worst_text, "%s", text);
+        free(s->proxy_worst_text);
+        s->proxy_worst_text = strdup(text);
     }
     if (--s->proxy_replies > 0)
         return;
     if (s->proxy_worst) {
         code = s->proxy_worst;
-        text = s->proxy_worst_text;
+        text = s->proxy_worst_text ? s->proxy_worst_text : text;
     }
     relay_reply(s, code, text);
     log_transaction(s, code >= 200 && code <= 299 ? "accept" : "reject", "proxy", text);

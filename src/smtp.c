@@ -190,7 +190,11 @@ void reset_transaction(struct session *s)
         evbuffer_free(s->field);
         s->field = NULL;
     }
+    free(s->kept);
+    s->kept = NULL;
     s->have_kept = 0;
+    free(s->proxy_worst_text);
+    s->proxy_worst_text = NULL;
     s->too_big = s->line_too_long = 0;
     if (s->state > S_HELO)
         s->state = S_HELO;
@@ -528,7 +532,7 @@ static void cmd_rcpt(struct session *s, char *arg)
         protocol_error(s, "501 5.5.4 Syntax: RCPT TO:<address>");
         return;
     }
-    struct smtp_path *path = &s->pending_rcpt;
+    struct smtp_path parsed, *path = &parsed;
     const char *rest;
     if (path_error_reply(s, parse_path(p, path, &rest), 0))
         return;
@@ -553,13 +557,15 @@ static void cmd_rcpt(struct session *s, char *arg)
     struct route r;
     default_route(&s->rt->cfg, path, &r);
     struct verdict v;
+    _Static_assert(sizeof s->pending_rcpt == sizeof path->raw, "pending_rcpt holds a raw path");
+    memcpy(s->pending_rcpt, path->raw, sizeof s->pending_rcpt);
     if (hook_wait(s, PH_RCPT, lb_rcpt(&s->lb, path->raw, path->local, path->domain, &r, &v), &v))
         finish_rcpt(s, &v);
 }
 
 static void finish_rcpt(struct session *s, const struct verdict *v)
 {
-    const char *raw = s->pending_rcpt.raw;
+    const char *raw = s->pending_rcpt;
     if (reply_verdict(s, v)) {
         srv.stats.rcpts_rejected++;
         log_kv(LOG_INFO, "rcpt_rejected", "session", s->id, "ip", s->ip, "from", s->from, "rcpt", raw,
@@ -874,7 +880,8 @@ static void end_of_data(struct session *s)
     spool_new_id(s->qid);
     s->state = S_RCPT;   /* no more DATA lines */
     if (s->have_kept || s->too_big || s->line_too_long) {
-        finish_message(s, &s->kept);
+        struct verdict none = { .action = V_NONE };
+        finish_message(s, s->kept ? s->kept : &none);
         return;
     }
     struct verdict v;
@@ -885,7 +892,8 @@ static void end_of_data(struct session *s)
 static void finish_data_line(struct session *s, const struct verdict *v)
 {
     if (v->action != V_NONE && !s->have_kept) {
-        s->kept = *v;
+        s->kept = malloc(sizeof *s->kept);
+        *s->kept = *v;
         s->have_kept = 1;
     }
     if (s->eod_pending) {

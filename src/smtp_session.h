@@ -69,7 +69,7 @@ struct session {
     int smtputf8, body_8bit, discard_all;
     struct rcpt *rcpts;
     int nrcpts;
-    struct smtp_path pending_rcpt;
+    char pending_rcpt[PATH_MAX_LEN + 1];   /* the RCPT whose hook is running */
 
     /* DATA */
     struct evbuffer *msg;
@@ -78,14 +78,14 @@ struct session {
     int prev_crlf;
     int in_header;
     struct evbuffer *field;       /* the header field being collected */
-    struct verdict kept;          /* first data_line verdict, given after the dot */
+    struct verdict *kept;         /* first data_line verdict, given after the dot (heap: rare) */
     int have_kept;
     int eod_pending;              /* the final dot came while a hook ran */
     struct spool_job *job;
     char qid[32];
     struct smtpc *proxy;          /* delivery mode "proxy": the next hop session */
     int proxy_replies, proxy_worst;
-    char proxy_worst_text[SMTPC_REPLY_MAX];
+    char *proxy_worst_text;       /* LMTP: the first failure's reply (heap) */
 };
 
 /* smtp.c */
