@@ -91,6 +91,7 @@ function M.moat(opts)
     scripts = { ["nexthop.lua"] = hop_script(opts.slow) },
     smtp = opts.smtp,
     extra = opts.extra,
+    files = opts.files,
   }
   srv.address = opts.address or "127.0.0.1"
   srv.hop = srv.address .. ":" .. srv.port

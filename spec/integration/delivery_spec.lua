@@ -9,6 +9,7 @@ local socket = require "socket"
 local H = require "helpers.moat"
 local NH = require "helpers.nexthop"
 local DNS = require "helpers.dns"
+local TLS = require "helpers.tls"
 local json = H.json
 
 local SENDER = "sender@remote.example"
@@ -120,6 +121,38 @@ describe("relay mode", function()
     end
     assert.is_true(spool_empty(front), table.concat(front:spool_names(), " "))
     assert.equals(1, #front:events("removed"))
+  end)
+
+  it("uses STARTTLS when the next hop offers it (opportunistic TLS)", function()
+    local hop = NH.moat {
+      files = TLS.domain_files({}, "example.test", "hop"),
+      extra = 'domains = { ["example.test"] = { certificate = "hop.pem", private_key = "hop.key" } }',
+    }
+    local front = relay { next_hop = hop.hop }
+    local id = send(front, SENDER, { "good@dest.example" }, message("tls@remote.example", "over TLS\r\n"))
+    front:wait_log("event=removed qid=" .. id, 10)
+    local got = NH.wait_messages(hop, 1)
+    assert.truthy(hop:log():find("event=tls ", 1, true), hop:log())          -- the next hop saw a handshake
+    assert.truthy(got[1].eml:find("with ESMTPS id", 1, true), got[1].eml)    -- and says so in its Received line
+  end)
+
+  it("keeps to `concurrency` connections per destination", function()
+    local hop = NH.moat { slow = 0.4 }
+    local front = relay { next_hop = hop.hop, concurrency = 1 }
+    local ids = {}
+    for i = 1, 4 do
+      ids[i] = send(front, SENDER, { "slow@dest.example" }, message("c" .. i .. "@remote.example", "n " .. i .. "\r\n"))
+    end
+    for _, id in ipairs(ids) do front:wait_log("event=removed qid=" .. id, 20) end
+    assert.equals(4, #NH.wait_messages(hop, 4))
+    -- Replay the next hop's log: never two sessions from the front at once.
+    local open, most = 0, 0
+    for line in hop:log():gmatch("[^\n]+") do
+      if line:find("event=connect ", 1, true) then open = open + 1 end
+      if line:find("event=disconnect ", 1, true) then open = open - 1 end
+      if open > most then most = open end
+    end
+    assert.equals(1, most)
   end)
 
   it("per recipient: sent, bounced on 5xx, deferred on 4xx with backoff, expired after max_age; one RFC 3464 bounce from <>", function()
