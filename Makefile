@@ -3,7 +3,7 @@ CC      ?= cc
 PKGS    := lua5.4 libevent libevent_pthreads libevent_openssl libcares openssl
 DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
            libcrypt-dev lua-busted lua-socket lua-sec dnsmasq-base rbldnsd swaks openssl \
-           clang-14 libclang-rt-14-dev valgrind
+           clang-14 libclang-rt-14-dev valgrind postfix
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -26,9 +26,12 @@ deps:
 	if [ -z "$$missing" ]; then echo "deps: all installed"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  echo "deps: installing $$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
 	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
-	else echo "deps: missing packages; run:"; echo "  sudo apt-get install -y $$missing"; exit 1; fi
+	else echo "deps: missing packages; run:"; \
+	  echo "  echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections"; \
+	  echo "  sudo apt-get install -y $$missing"; exit 1; fi
 
 deps-check:
 	@pkg-config --exists $(PKGS) || { echo "missing libraries: run 'make deps' (as root) first"; exit 1; }
