@@ -3,7 +3,8 @@ CC      ?= cc
 PKGS    := lua5.4 libevent libevent_pthreads libevent_openssl libcares openssl
 DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-ares-dev libssl-dev \
            libcrypt-dev lua-busted lua-socket lua-sec dnsmasq-base rbldnsd swaks openssl \
-           clang-14 libclang-rt-14-dev valgrind postfix
+           clang-14 libclang-rt-14-dev valgrind postfix \
+           lua-dkjson lua-filesystem iproute2 procps
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
