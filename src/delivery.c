@@ -638,10 +638,11 @@ static void try_message(struct qmsg *m, time_t now)
 
 static void try_recipients(struct qmsg *m, time_t now)
 {
+    int flushing = __atomic_load_n(&R.flush, __ATOMIC_ACQUIRE);   /* set by moatctl flush */
     int used[64] = { 0 };
     for (int i = 0; i < m->env.nrcpts && i < 64; i++) {
         struct env_rcpt *r = &m->env.rcpts[i];
-        if (used[i] || r->status != RS_PENDING || (r->next_try > now && !R.flush))
+        if (used[i] || r->status != RS_PENDING || (r->next_try > now && !flushing))
             continue;
         struct attempt *a = calloc(1, sizeof *a);
         char host[256];
@@ -659,7 +660,7 @@ static void try_recipients(struct qmsg *m, time_t now)
             char k2[300], h2[256];
             int mx2;
             struct env_rcpt *r2 = &m->env.rcpts[j];
-            if (used[j] || r2->status != RS_PENDING || (r2->next_try > now && !R.flush))
+            if (used[j] || r2->status != RS_PENDING || (r2->next_try > now && !flushing))
                 continue;
             destination_of(r2, k2, sizeof k2, h2, sizeof h2, &mx2);
             if (strcmp(k2, a->key) != 0)
@@ -737,7 +738,7 @@ static void run_queue(void)
             try_message(m, now);
         }
     }
-    R.flush = 0;
+    __atomic_store_n(&R.flush, 0, __ATOMIC_RELEASE);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -802,9 +803,7 @@ void delivery_poke(void)
 
 void delivery_flush(void)
 {
-    pthread_mutex_lock(&R.mu);
-    R.flush = 1;
-    pthread_mutex_unlock(&R.mu);
+    __atomic_store_n(&R.flush, 1, __ATOMIC_RELEASE);
     delivery_poke();
 }
 
