@@ -111,6 +111,9 @@ end
 
 -- A port that is free right now on 127.0.0.1 for UDP and for TCP (dnsmasq
 -- listens on both; a port free for UDP alone made its start fail now and then).
+-- One registry with helpers.moat's free_port: a port given to a DNS server
+-- (which listens on TCP too) is never given to a moat as well.
+local claim_port = require("helpers.moat").claim_port
 function M.free_udp_port()
   for _ = 1, 50 do
     local u = assert(socket.udp())
@@ -120,7 +123,7 @@ function M.free_udp_port()
     local ok = t:bind("127.0.0.1", tonumber(port))
     t:close()
     u:close()
-    if ok then return tonumber(port) end
+    if ok and claim_port(tonumber(port)) then return tonumber(port) end
   end
   error("no port free for both UDP and TCP")
 end

@@ -74,13 +74,29 @@ end
 
 -- ---- ports and processes ---------------------------------------------------
 
+-- A TCP port free on 127.0.0.1 right now, and never one this process handed
+-- out before: two picks in a row can get the same ephemeral port back from
+-- the kernel, and a config with two sockets on it would not start.
+local handed_out = {}
+
+-- Claim a port for this process (TCP and UDP alike); false if it was taken before.
+function M.claim_port(port)
+  if handed_out[port] then return false end
+  handed_out[port] = true
+  return true
+end
+
 function M.free_port()
-  local s = assert(socket.tcp())
-  s:setoption("reuseaddr", true)
-  assert(s:bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  for _ = 1, 100 do
+    local s = assert(socket.tcp())
+    s:setoption("reuseaddr", true)
+    assert(s:bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    port = tonumber(port)
+    if M.claim_port(port) then return port end
+  end
+  error("no fresh free TCP port after 100 tries")
 end
 
 local function alive(pid)
