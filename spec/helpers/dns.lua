@@ -56,64 +56,18 @@ local lfs = require "lfs"
 
 local M = {}
 
--- ---- small utilities -------------------------------------------------------
+-- ---- small utilities (shared with helpers.moat) ----------------------------
 
-local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function root()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  if src:sub(1, 1) ~= "/" then src = lfs.currentdir() .. "/" .. src end
-  return src:match("^(.*)/spec/helpers/[^/]*$") or lfs.currentdir()
-end
-M.root = root()
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local d = f:read("a")
-  f:close()
-  return d
-end
-
-local function write_file(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-
-local counter = 0
-local function tmpdir(tag)
-  local base = M.root .. "/spec/tmp"
-  lfs.mkdir(base)
-  while true do
-    counter = counter + 1
-    local name = ("%s/%s-%d-%d-%04d"):format(base, tag, os.time(), counter, math.random(0, 9999))
-    if lfs.mkdir(name) then return name end
-  end
-end
-
-local function alive(pid)
-  local stat = read_file("/proc/" .. pid .. "/stat")
-  if not stat then return false end
-  local state = stat:match("^%d+ %b() (%a)")
-  return state ~= "Z" and state ~= "X"
-end
-
-local function poll(f, timeout, step)
-  local deadline = socket.gettime() + (timeout or 5)
-  repeat
-    local v = f()
-    if v then return v end
-    socket.sleep(step or 0.02)
-  until socket.gettime() > deadline
-  return f()
-end
+local H = require "helpers.moat"
+local shquote, read_file, write_file, alive, poll = H.shquote, H.read_file, H.write_file, H.alive, H.poll
+local tmpdir, is_root, spawn = H.tmpdir, H.is_root, H.spawn
+M.root = H.root
 
 -- A port that is free right now on 127.0.0.1 for UDP and for TCP (dnsmasq
 -- listens on both; a port free for UDP alone made its start fail now and then).
 -- One registry with helpers.moat's free_port: a port given to a DNS server
 -- (which listens on TCP too) is never given to a moat as well.
-local claim_port = require("helpers.moat").claim_port
+local claim_port = H.claim_port
 function M.free_udp_port()
   for _ = 1, 50 do
     local u = assert(socket.udp())
@@ -128,21 +82,7 @@ function M.free_udp_port()
   error("no port free for both UDP and TCP")
 end
 
-local function is_root()
-  local p = io.popen("id -u")
-  local uid = p and p:read("l")
-  if p then p:close() end
-  return uid == "0"
-end
 
--- Start `cmd` (a shell command line starting with exec) in the background; returns its pid.
-local function spawn(cmd)
-  local p = assert(io.popen(cmd .. " & echo $!", "r"))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  assert(pid, "could not start: " .. cmd)
-  return pid
-end
 
 -- ---- a minimal DNS client ---------------------------------------------------
 
@@ -491,6 +431,20 @@ function M.start_rbldnsd(opts)
                         function() return read_file(dir .. "/stderr.log") or "" end)
   if not ok then srv:stop() error(err, 2) end
   return srv
+end
+
+--- retry_start(fn, arg) -> fn(arg) (DNS.start or DNS.start_rbldnsd), tried again
+-- on a fresh port when the server found its port taken meanwhile (a port
+-- free when picked can be taken before the server binds it).
+function M.retry_start(fn, arg)
+  local last
+  for _ = 1, 5 do
+    local ok, srv = pcall(fn, arg)
+    if ok then return srv end
+    last = srv
+    if not tostring(srv):find("Address already in use", 1, true) then break end
+  end
+  error(last, 2)
 end
 
 --- black_hole() -> a bound UDP socket on 127.0.0.1 that never answers

@@ -32,6 +32,23 @@ end
 M.root = repo_root()
 
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+M.shquote = shquote
+
+function M.is_root()
+  local p = io.popen("id -u")
+  local uid = p and p:read("l")
+  if p then p:close() end
+  return uid == "0"
+end
+
+-- Start `cmd` (a shell command line starting with exec) in the background; returns its pid.
+function M.spawn(cmd)
+  local p = assert(io.popen(cmd .. " & echo $!", "r"))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  assert(pid, "could not start: " .. cmd)
+  return pid
+end
 
 function M.bin()
   local b = os.getenv("MOAT_BIN")

@@ -35,22 +35,9 @@ local H = require "helpers.moat"
 
 local M = {}
 
-local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local shquote, spawn, is_root = H.shquote, H.spawn, H.is_root
 
-local function spawn(cmd)
-  local p = assert(io.popen(cmd .. " & echo $!", "r"))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  assert(pid, "could not start: " .. cmd)
-  return pid
-end
 
-local function is_root()
-  local p = io.popen("id -u")
-  local uid = p and p:read("l")
-  if p then p:close() end
-  return uid == "0"
-end
 
 -- Wait until something accepts TCP connections on address:port.
 local function wait_listening(address, port, pid, what)

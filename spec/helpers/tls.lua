@@ -23,7 +23,7 @@ end
 
 local T = { ssl = ssl }
 
-local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local shquote = moat.shquote
 
 local function run(cmd)
   local p = assert(io.popen(cmd .. " 2>&1", "r"))

@@ -7,19 +7,7 @@ local socket = require "socket"
 local H = require "helpers.moat"
 local DNS = require "helpers.dns"
 
--- helpers.dns picks a port that is free for UDP, but dnsmasq also listens on
--- TCP there and fails when that TCP port is taken (a TIME_WAIT left by some
--- earlier connection is enough): retry on a fresh port.  (Reported helper bug.)
-local function retry_start(fn, arg)
-  local last
-  for _ = 1, 5 do
-    local ok, srv = pcall(fn, arg)
-    if ok then return srv end
-    last = srv
-    if not tostring(srv):find("Address already in use", 1, true) then break end
-  end
-  error(last, 2)
-end
+local retry_start = DNS.retry_start
 
 local RECORDS = {
   a = { ["mx1.good.example"] = "192.0.2.1" },
