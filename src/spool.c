@@ -67,8 +67,9 @@ void spool_new_id(char id[32])
     gettimeofday(&tv, NULL);
     /* Seconds, microseconds and a counter: sortable by arrival, unique across
      * restarts (time moves on) and within a process (the counter). */
-    snprintf(id, 32, "%09lX%05lX%04X", (unsigned long)tv.tv_sec, (unsigned long)tv.tv_usec,
-             (counter++) & 0xffff);
+    /* Atomic: the queue runner's thread makes ids (bounces) too. */
+    unsigned n = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
+    snprintf(id, 32, "%09lX%05lX%04X", (unsigned long)tv.tv_sec, (unsigned long)tv.tv_usec, n & 0xffff);
 }
 
 /* ---- writer thread ---------------------------------------------------- */
