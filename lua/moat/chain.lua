@@ -5,6 +5,7 @@
 -- the first verdict.  Anything a hook returns that is not a verdict made by
 -- the moat module is an error, so a stray `return true` can never accept.
 local moat = require "moat"
+local source = require "moat.source"
 
 local M = {}
 
@@ -69,10 +70,8 @@ function M.load(entries)
   local by_phase = {}
   for phase in pairs(M.phases) do by_phase[phase] = {} end
   for _, e in ipairs(entries) do
-    local chunk, err = loadfile(e.path, "t", sandbox())
-    if not chunk then return nil, err end
-    local ok, res = pcall(chunk)
-    if not ok then return nil, tostring(res) end
+    local ok, res = source.run(e.path, sandbox())
+    if not ok then return nil, res end
     local hooks, herr = check_hooks(e.path, res)
     if not hooks then return nil, herr end
     for phase, fn in pairs(hooks) do

@@ -5,6 +5,7 @@
 -- (error level 2 points at the config chunk).  Typos must never silently
 -- disable protection, so nothing unknown is ignored.
 local M = {}
+local source = require "moat.source"
 
 local function fail(msg) error(msg, 0) end
 
@@ -283,10 +284,8 @@ function M.load(path)
       error(("unknown name '%s'"):format(tostring(k)), 2)
     end,
   })
-  local chunk, err = loadfile(path, "t", env)
-  if not chunk then return nil, err end
-  local ok, rerr = pcall(chunk)
-  if not ok then return nil, tostring(rerr) end
+  local ok, rerr = source.run(path, env)
+  if not ok then return nil, rerr end
   values.listeners = ctx.listeners
   values.lines = lines
   values.config_dir = dir
