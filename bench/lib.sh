@@ -110,8 +110,8 @@ EOF
 # Wait until a DNS server on PORT answers NAME TYPE.
 wait_dns() {
     lua5.4 - "$ROOT" "$1" "$2" "$3" <<'EOF'
-package.path = arg[1] .. "/spec/helpers/?.lua;" .. package.path
-local dns = require "dns"
+package.path = arg[1] .. "/spec/?.lua;" .. arg[1] .. "/spec/?/init.lua;" .. package.path
+local dns = require "helpers.dns"
 local socket = require "socket"
 for _ = 1, 100 do
   if dns.query(tonumber(arg[2]), arg[3], arg[4], 0.2) then os.exit(0) end

@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,31 +66,61 @@ void smtp_close_all(void)
 
 /* ---- replies -------------------------------------------------------------- */
 
+/* A reply goes straight to the socket when nothing is queued before it on
+ * a clear-text connection: one send(2) and no write event.  Through the
+ * bufferevent, every reply armed EPOLLOUT and disarmed it after the write
+ * (two epoll_ctl calls a reply, ~16 a message).  Whatever the kernel does
+ * not take, and everything on TLS, goes through the bufferevent as before,
+ * so order and the OUT_MAX flow control are unchanged.  With pipelined
+ * commands still unread, replies are gathered in the buffer too: one write
+ * for the batch, and a reply followed by a close is not split into many
+ * segments that a reset (unread input at close) could cut short. */
+#define REPLY_LINE_MAX 1024   /* one reply line with its NUL, before CR LF */
+
+static void send_reply(struct session *s, const char *p, size_t n)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    if (!s->tls_active && evbuffer_get_length(out) == 0 &&
+        evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+        ssize_t w = send(bufferevent_getfd(s->bev), p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        }
+        /* An error (reset, EPIPE) is left for the bufferevent to find on
+         * its own write or read, as before. */
+    }
+    if (n > 0)
+        evbuffer_add(out, p, n);
+}
+
 void reply(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void reply(struct session *s, const char *fmt, ...)
 {
-    char line[1024];
+    char line[REPLY_LINE_MAX + 2];   /* + CR LF */
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
+    int n = vsnprintf(line, REPLY_LINE_MAX, fmt, ap);
     va_end(ap);
     if (n < 0)
         return;
-    if ((size_t)n >= sizeof line)
-        n = sizeof line - 1;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    evbuffer_add(out, line, (size_t)n);
-    evbuffer_add(out, "\r\n", 2);
+    if (n >= REPLY_LINE_MAX)
+        n = REPLY_LINE_MAX - 1;
     if (s->debug)
         log_kv(LOG_INFO, "debug_out", "session", s->id, "line", line, NULL);
+    memcpy(line + n, "\r\n", 2);
+    send_reply(s, line, (size_t)n + 2);
 }
 
 void close_after_reply(struct session *s)
 {
     s->closing = 1;
     bufferevent_disable(s->bev, EV_READ);
+    /* Never free here: callers go on using s after a reply and a close.
+     * With the reply already in the kernel (send_reply) no write will
+     * complete, so on_write is called from the loop to free the session. */
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-        session_free(s);
+        bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* Failed logins and protocol errors count against the address (seed 002
@@ -669,6 +700,10 @@ static void cmd_starttls(struct session *s, char *arg)
     bufferevent_disable(s->bev, EV_READ);
     s->tls_switch = ssl;
     s->busy = 1;
+    /* The 220 may already be in the kernel (send_reply): then no write
+     * will complete to call on_write, so call it from the loop. */
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        bufferevent_trigger(s->bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
     s->pending = PH_COUNT;
     reset_transaction(s);
     s->helo[0] = '\0';

@@ -327,7 +327,7 @@ return { helo = function(s, name) if name == "sleepy.example" then moat.sleep(2)
       if code ~= 500 then break end
       n500 = n500 + 1
     end
-    assert.equals(MAX, n500)
+    assert.equals(MAX, n500, tostring(code) .. " " .. tostring(text))
     assert.equals(421, code, text)
     assert.truthy(c:closed(3))
     c:close()
