@@ -8,7 +8,7 @@ DEBS    := build-essential pkg-config liblua5.4-dev lua5.4 libevent-dev libc-are
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
+LDLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery auth proxy
