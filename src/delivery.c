@@ -47,9 +47,11 @@ struct attempt {
     int rcpt_code[64];
     char *rcpt_reply[64];
     void *dnsq;
-    int dns_stage;             /* 0 = MX, 1 = A of hosts / of the domain */
     char mx_hosts[MAX_IPS][256];
     int nmx, mx_done;
+    char cur_host[256];        /* the host whose A, then AAAA, records are asked */
+    int cur_type;              /* DNS_A or DNS_AAAA */
+    int nxdomain, dns_failed;  /* what the address lookups said, for the verdict */
     struct attempt *prev, *next;   /* live attempts, aborted at shutdown */
 };
 
@@ -511,13 +513,22 @@ static void add_ip(struct attempt *a, const char *ip)
 
 static void resolved_host(void *arg, int status, const dns_answer *ans);
 
+/* The addresses of a host: its A records, then its AAAA records, in that
+ * order (IPv4 first: an IPv6 route that is announced but broken is the more
+ * common failure; both are tried before the next MX host). */
+static int lookup_host(struct attempt *a, const char *host, enum dns_type type)
+{
+    if (host != a->cur_host)
+        snprintf(a->cur_host, sizeof a->cur_host, "%s", host);
+    a->cur_type = type;
+    a->dnsq = dns_query_start(R.dns, a->cur_host, type, resolved_host, a);
+    return a->dnsq != NULL;
+}
+
 static void resolve_next_mx(struct attempt *a)
 {
-    if (a->mx_done < a->nmx) {
-        a->dnsq = dns_query_start(R.dns, a->mx_hosts[a->mx_done++], DNS_A, resolved_host, a);
-        if (a->dnsq)
-            return;
-    }
+    if (a->mx_done < a->nmx && lookup_host(a, a->mx_hosts[a->mx_done++], DNS_A))
+        return;
     start_attempt(a);
 }
 
@@ -527,18 +538,26 @@ static void resolved_host(void *arg, int status, const dns_answer *ans)
     a->dnsq = NULL;
     for (int i = 0; status == DNS_OK && ans && i < ans->n; i++)
         add_ip(a, ans->rr[i].text);
+    if (status == DNS_NXDOMAIN)
+        a->nxdomain = 1;
+    else if (status != DNS_OK && status != DNS_NODATA)
+        a->dns_failed = 1;
+    /* A name that does not exist has no AAAA either. */
+    if (a->cur_type == DNS_A && status != DNS_NXDOMAIN && a->nips < MAX_IPS &&
+        lookup_host(a, a->cur_host, DNS_AAAA))
+        return;
     if (a->nmx && a->mx_done < a->nmx && a->nips < MAX_IPS) {
         resolve_next_mx(a);
         return;
     }
-    if (a->nips == 0 && status == DNS_NXDOMAIN && !a->nmx) {
+    if (a->nips == 0 && a->nxdomain && !a->dns_failed && !a->nmx) {
         fail_rest(a, 550, "550 5.1.2 host or domain name not found");
         finish_attempt(a);
         return;
     }
     if (a->nips == 0) {
-        fail_rest(a, 451, status == DNS_OK || status == DNS_NODATA ? "451 4.4.4 no address for the host"
-                                                                   : "451 4.4.3 DNS lookup failed, will retry");
+        fail_rest(a, 451, a->dns_failed ? "451 4.4.3 DNS lookup failed, will retry"
+                                        : "451 4.4.4 no address for the host");
         finish_attempt(a);
         return;
     }
@@ -567,9 +586,8 @@ static void resolved_mx(void *arg, int status, const dns_answer *ans)
         return;
     }
     if (status == DNS_NODATA || status == DNS_NXDOMAIN) {
-        /* No MX: the domain's own address (RFC 5321 5.1). */
-        a->dnsq = dns_query_start(R.dns, domain, DNS_A, resolved_host, a);
-        if (a->dnsq)
+        /* No MX: the domain's own addresses (RFC 5321 5.1). */
+        if (lookup_host(a, domain, DNS_A))
             return;
     }
     fail_rest(a, 451, "451 4.4.3 DNS lookup failed, will retry");
@@ -584,8 +602,9 @@ static void resolve(struct attempt *a, const char *host, int mx)
         start_attempt(a);
         return;
     }
-    a->dnsq = dns_query_start(R.dns, host, mx ? DNS_MX : DNS_A, mx ? resolved_mx : resolved_host, a);
-    if (!a->dnsq) {
+    if (mx)
+        a->dnsq = dns_query_start(R.dns, host, DNS_MX, resolved_mx, a);
+    if (!(mx ? a->dnsq != NULL : lookup_host(a, host, DNS_A))) {
         fail_rest(a, 451, "451 4.4.3 DNS lookup failed, will retry");
         finish_attempt(a);
     }

@@ -74,7 +74,7 @@ function M.moat(opts)
     tag = opts.tag or "nexthop",
     port = opts.port,
     listener = opts.listener,
-    tables = { client_ips = "127.0.0.0/8\n" },
+    tables = { client_ips = "127.0.0.0/8\n::1\n" },
     scripts = { ["nexthop.lua"] = hop_script(opts.slow) },
     smtp = opts.smtp,
     extra = opts.extra,

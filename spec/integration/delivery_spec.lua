@@ -412,6 +412,27 @@ describe("relay mode", function()
       assert.truthy(locals[IP_MX] and locals[IP_A], hop:log())
     end)
 
+    it("an MX host with only an AAAA record is reached over IPv6; an IPv6-only domain without MX too", function()
+      local ok, hop = pcall(NH.moat, { listener = '{ { port = 25, address = "::1" } }', tag = "hop25v6" })
+      if not ok then pending("cannot listen on [::1]:25 (needs root and IPv6 loopback): " .. tostring(hop):sub(1, 200)) return end
+      local d = DNS.start {
+        mx = { ["v6-dom.example"] = "mx6.v6-dom.example" },
+        aaaa = { ["mx6.v6-dom.example"] = "::1", ["v6-only.example"] = "::1" },
+      }
+      local front = relay({ retry_min = 30 }, { dns = d.server, policies = { "relay" } })
+      local id1 = send(front, "sender@v6-only.example", { "u@v6-dom.example" }, message("mx6@remote.example"))
+      local id2 = send(front, "sender@v6-only.example", { "v@v6-only.example" }, message("a6@remote.example"))
+      local l1 = front:wait_log("event=delivery qid=" .. id1 .. " [^\n]*status=sent", 5)
+      assert.truthy(l1:find('relay="MX of v6-dom.example" ip=::1 port=25 ', 1, true), l1)
+      local l2 = front:wait_log("event=delivery qid=" .. id2 .. " [^\n]*status=sent", 5)
+      assert.truthy(l2:find('relay="MX of v6-only.example" ip=::1 port=25 ', 1, true), l2)
+      assert.truthy(d:asked("mx6.v6-dom.example", "A") >= 1, "A first")
+      assert.truthy(d:asked("mx6.v6-dom.example", "AAAA") >= 1, "then AAAA")
+      assert.truthy(d:asked("v6-only.example", "AAAA") >= 1, "the no-MX fallback asks AAAA too")
+      local got = rcpt_addrs(hop)
+      assert.same({ ["u@v6-dom.example"] = 1, ["v@v6-only.example"] = 1 }, got)
+    end)
+
     it("a Router via host, no next_hop: the via host's MX, then its A; the recipient's domain is not asked", function()
       local hop, why = port25_hop()
       if not hop then pending(why) return end
