@@ -150,7 +150,9 @@ local function line_in(c, line)
           else send(c, "250 2.1.5 <" .. r .. "> delivered\r\n") end
         end
       else
-        send(c, ("250 2.0.0 Ok: queued as F%04d\r\n"):format(n))
+        -- a header "X-Fake-Reply: 554 ..." chooses the reply to the final dot
+        local chosen = text:match("\nX%-Fake%-Reply: ([^\r\n]*)")
+        send(c, (chosen or ("250 2.0.0 Ok: queued as F%04d"):format(n)) .. "\r\n")
       end
       reset(c)
     else

@@ -169,6 +169,26 @@ describe("proxy mode", function()
     assert.same({}, front:spool_names())
   end)
 
+  it("an SMTP next hop's 5xx or 4xx to the final dot is the client's reply, word for word", function()
+    local f = NH.fake {}
+    local front = proxy(f.hop)
+    local c = track(session(front))
+    for _, want in ipairs { "554 5.7.1 content refused by the next hop", "452 4.3.1 next hop out of space",
+                            "250 2.0.0 Ok: queued as F0003" } do
+      assert.equals(250, (c:cmd("MAIL FROM:<" .. SENDER .. ">")))
+      assert.equals(250, (c:cmd("RCPT TO:<x@dest.example>")))
+      local msg = ("From: <%s>\r\nX-Fake-Reply: %s\r\nSubject: eod\r\n\r\nbody\r\n"):format(SENDER, want)
+      if want:sub(1, 3) == "250" then msg = message("ok@remote.example") end
+      local code, text = data(c, msg)
+      assert.same({ tonumber(want:sub(1, 3)), want }, { code, text })
+    end
+    assert.equals(3, #f:messages(), "the next hop saw each message")
+    assert.same({}, front:spool_names(), "nothing queued in moat")
+    local rejected = front:events("message")
+    assert.truthy(rejected[1]:find("verdict=reject", 1, true) and rejected[1]:find("554 5.7.1", 1, true), rejected[1])
+    assert.truthy(rejected[3]:find("verdict=accept", 1, true), rejected[3])
+  end)
+
   describe("LMTP next hop", function()
     it("one reply per recipient: a failure among them is not answered 250", function()
       local f = NH.fake { lmtp = true }
