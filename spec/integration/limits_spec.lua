@@ -165,6 +165,58 @@ describe("moat connection limits", function()
     assert.equals(0, rc, out .. err)
   end)
 
+  -- Every connection of a wave is made before any greeting is read: moat
+  -- sees them arrive together and decides each one as it accepts it.
+  local function wave(srv, sources)
+    local conns = {}
+    for i, src in ipairs(sources) do
+      local c = moat.client(i % 2 == 0 and srv.port or srv.vars.PORT1, { source = src, greeting = false })
+      open[#open + 1] = c
+      conns[i] = c
+    end
+    local greeted, refused = {}, 0
+    for i, c in ipairs(conns) do
+      c.greeting_code, c.greeting = c:read_reply()
+      if c.greeting_code == 220 then greeted[sources[i]] = (greeted[sources[i]] or 0) + 1
+      else
+        assert_refused(c, sources[i])
+        refused = refused + 1
+      end
+    end
+    local total = 0
+    for _, n in pairs(greeted) do total = total + n end
+    return total, refused, greeted
+  end
+
+  it("bursts of simultaneous connections: limit_non_client, the reserve and max_connections hold exactly", function()
+    local srv = moat.start { ports = 1, listener = listener(
+      "max_connections = 100, reserve_for_clients = 10, limit_per_address = 12, limit_non_client = 3") }
+    -- 1: 15 strangers open 4 connections each at once: 3 each get in
+    local sources = {}
+    for a = 1, 15 do for _ = 1, 4 do sources[#sources + 1] = "127.0.3." .. a end end
+    local total, refused, per = wave(srv, sources)
+    assert.same({ 45, 15 }, { total, refused })
+    for a = 1, 15 do assert.equals(3, per["127.0.3." .. a], "127.0.3." .. a) end
+    assert.equals(15, refusals(srv, 15, "limit_non_client"))
+    -- 2: 20 more strangers, 3 each at once: strangers fill up to 90 (free
+    -- slots > reserve), the last 10 slots stay free for clients
+    sources = {}
+    for a = 1, 20 do for _ = 1, 3 do sources[#sources + 1] = "127.0.4." .. a end end
+    total, refused = wave(srv, sources)
+    assert.same({ 45, 15 }, { total, refused })
+    assert.equals(15, refusals(srv, 15, "reserve_for_clients"))
+    -- 3: 12 client connections at once: the 10 reserved slots, then the listener is full
+    sources = {}
+    for _ = 1, 12 do sources[#sources + 1] = "127.0.0.1" end
+    total, refused = wave(srv, sources)
+    assert.same({ 10, 2 }, { total, refused })
+    assert.equals(2, refusals(srv, 2, "max_connections"))
+    -- every admitted connection is a live session
+    local _, out = srv:ctl("stats")
+    assert.truthy(out:find("connections_current 100\n", 1, true), out)
+    assert.equals(100, #srv:events("connect"))
+  end)
+
   it("many concurrent connections: each address is held to its own limit", function()
     local srv = moat.start { listener = '{ { port = %PORT%, address = "127.0.0.1" }, limit_per_address = 2 }' }
     local greeted, refused = 0, 0
