@@ -485,6 +485,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     srv.dns = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, sizeof err);
     if (!srv.dns)
         die("dns_new", err);
+    srv.dns_once = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, 1, err, sizeof err);
+    if (!srv.dns_once)
+        die("dns_new", err);
 
     /* listener.c keeps struct listener_state private; a session only hands
      * it back to listener_conn_closed, which looks the address up in its

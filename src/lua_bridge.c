@@ -219,7 +219,8 @@ static void dns_done(void *arg, int status, const dns_answer *ans)
     resume_async(ls, lb_push_dns_results(ls, ls->co));
 }
 
-static int start_queries(lua_State *L, struct lb_session *ls, const char **names, const int *types, int n)
+static int start_queries(lua_State *L, struct lb_session *ls, const char **names, const int *types,
+                         const int *once, int n)
 {
     lua_State *main = ls->rt->L;
     lua_newtable(main);
@@ -230,7 +231,8 @@ static int start_queries(lua_State *L, struct lb_session *ls, const char **names
         struct lb_dnsq *dq = &ls->dns[i];
         dq->ls = ls;
         dq->type = types[i];
-        dq->q = srv.dns ? dns_query_start(srv.dns, names[i], (enum dns_type)types[i], dns_done, dq) : NULL;
+        struct dns *d = once[i] ? srv.dns_once : srv.dns;
+        dq->q = d ? dns_query_start(d, names[i], (enum dns_type)types[i], dns_done, dq) : NULL;
         if (!dq->q && ls->dns_pending > 0 && ls->dns_results_ref != LUA_NOREF) {
             /* Could not start: record a local error without waiting. */
             lua_rawgeti(main, LUA_REGISTRYINDEX, ls->dns_results_ref);
@@ -257,10 +259,13 @@ static int l_dns_query(lua_State *L)
         return luaL_error(L, "moat.dns.query: name too long");
     struct lb_session *ls = calling_session(L, "moat.dns.query");
     ls->dns_multi = 0;
-    return start_queries(L, ls, &name, &type, 1);
+    int once = 0;
+    return start_queries(L, ls, &name, &type, &once, 1);
 }
 
-/* moat.dns.query_all{ {name, type}, ... }: all queries in parallel, one wait. */
+/* moat.dns.query_all{ {name, type [, once = true]}, ... }: all queries in
+ * parallel, one wait.  once: a single try with the first timeout (c-ares's
+ * own retries double it), for callers that decide about retrying. */
 static int l_dns_query_all(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -268,10 +273,13 @@ static int l_dns_query_all(lua_State *L)
     if (n < 1 || n > LB_DNS_MAX)
         return luaL_error(L, "moat.dns.query_all: 1..%d queries", LB_DNS_MAX);
     const char *names[LB_DNS_MAX];
-    int types[LB_DNS_MAX];
+    int types[LB_DNS_MAX], once[LB_DNS_MAX];
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, 1, i + 1);
         luaL_argcheck(L, lua_istable(L, -1), 1, "each query is { name, type }");
+        lua_getfield(L, -1, "once");
+        once[i] = lua_toboolean(L, -1);
+        lua_pop(L, 1);
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);
         names[i] = luaL_checkstring(L, -2);
@@ -283,7 +291,7 @@ static int l_dns_query_all(lua_State *L)
     }
     struct lb_session *ls = calling_session(L, "moat.dns.query_all");
     ls->dns_multi = 1;
-    return start_queries(L, ls, names, types, n);
+    return start_queries(L, ls, names, types, once, n);
 }
 
 /* Push what the waiting Lua call returns: for query, answers or nil, err;

@@ -29,6 +29,7 @@ struct server {
     struct runtime *rt;        /* current generation; sessions hold their own ref */
     struct spool *spool;
     struct dns *dns;
+    struct dns *dns_once;      /* one try, first timeout: queries a policy retries itself (RBL) */
     struct tempblock *tempblock;   /* temporary blocks outlive reloads */
     struct stats stats;
     int stopping;

@@ -70,6 +70,13 @@ static int collect(struct metric *m)
     struct dns_stats ds = { 0, 0, 0 };
     if (srv.dns)
         dns_get_stats(srv.dns, &ds);
+    if (srv.dns_once) {
+        struct dns_stats once;
+        dns_get_stats(srv.dns_once, &once);
+        ds.queries += once.queries;
+        ds.timeouts += once.timeouts;
+        ds.failures += once.failures;
+    }
     int n = 0;
 #define M(nm, hp, tp, v) m[n++] = (struct metric){ nm, hp, tp, (double)(v) }
     M("connections_current", "Open SMTP connections", "gauge", st->connections_current);

@@ -82,13 +82,26 @@ local function by_dns(ip, opts, known, log)
   if need_ptr then queries[1] = { moat.dns.reverse(ip), "PTR" } end
   if opts.rbl then
     for _, z in ipairs(zones) do
-      queries[#queries + 1] = { moat.dns.reverse(ip, z), "A" }
+      queries[#queries + 1] = { moat.dns.reverse(ip, z), "A", once = true }
       zone_of[#queries] = z
     end
   end
   local r = { status = "other", ptr = known.ptr }
   if #queries > 0 then
     local results = moat.dns.query_all(queries)
+    -- Seed 002: an RBL request is sent "not more than twice, each time with
+    -- the minimal time-out" (once = one try at dns.timeout_ms, no doubling).
+    local again, slot = {}, {}
+    for i in pairs(zone_of) do
+      if results[i].error == "timeout" then
+        again[#again + 1] = queries[i]
+        slot[#again] = i
+      end
+    end
+    if #again > 0 then
+      local second = moat.dns.query_all(again)
+      for k, i in ipairs(slot) do results[i] = second[k] end
+    end
     if need_ptr then
       local p = results[1]
       r.ptr = p.answers and p.answers[1] or "(" .. (ptr_error_names[p.error] or p.error) .. ")"

@@ -432,17 +432,19 @@ describe("address status (integration)", function()
       assert.equal(250, r.final[1])
       srv:wait_log("rbl query failed: zone=bl%.example%.test ip=127%.0%.0%.20 error=timeout %(not listed%)")
       srv:wait_log("rbl query failed: zone=bl2%.example%.test ip=127%.0%.0%.20 error=timeout %(not listed%)")
-      assert.is_true(hole:received() >= 3)   -- the PTR and both zones were sent
+      assert.is_true(hole:received() >= 5)   -- the PTR, and both zones twice
     end)
 
-    it("asks the PTR and both zones at the same time: the greeting waits one timeout, not three", function()
+    it("asks the PTR and both zones at the same time: the greeting waits two RBL tries, not five lookups", function()
+      -- each RBL zone is asked twice with the 300 ms timeout (seed 002), the
+      -- PTR once (tries = 1), all in parallel: 600 ms, not 300 + 4 x 300
       local t0 = socket.gettime()
       local c = H.client(srv.port, { source = "127.0.0.21" })
       local waited = socket.gettime() - t0
       assert.equal(220, c.greeting_code)
       c:close()
-      assert.is_true(waited >= 0.25, ("greeting after %.3f s: DNS was not waited for"):format(waited))
-      assert.is_true(waited < 0.55,
+      assert.is_true(waited >= 0.55, ("greeting after %.3f s: the RBL zones were not asked twice"):format(waited))
+      assert.is_true(waited < 0.95,
         ("greeting after %.3f s with timeout_ms = 300: the PTR and the RBL zones were asked one after the other"):format(waited))
     end)
 
@@ -452,6 +454,36 @@ describe("address status (integration)", function()
       assert.is_true(socket.gettime() - t0 < 0.25)
       assert.equal(550, code)
       assert.equal("550 5.7.1 Mail from [127.0.0.3] refused: address is blacklisted", text)
+    end)
+  end)
+
+  describe("an RBL server that never answers, with dns.tries = 4", function()
+    local hole2, srv2
+    setup(function()
+      hole2 = DNS.black_hole()
+      srv2 = H.start {
+        tag = "status-rbl-tries",
+        policies = { "rbl", "relay" },
+        extra = dns_conf({ hole2.server }, 200, 4) ..
+          'protection = { rbl_servers = { "bl.example.test" }, blacklisted_messages = "reject" }\n',
+      }
+    end)
+    teardown(function()
+      H.stop_all()
+      hole2:stop()
+    end)
+
+    it("is asked exactly twice, each with the first timeout (seed 002), not with c-ares's four doubling tries", function()
+      local t0 = socket.gettime()
+      local c = H.client(srv2.port, { source = "127.0.0.22" })
+      local waited = socket.gettime() - t0
+      assert.equal(220, c.greeting_code)
+      c:close()
+      srv2:wait_log("rbl query failed: zone=bl%.example%.test ip=127%.0%.0%.22 error=timeout %(not listed%)")
+      socket.sleep(0.3)
+      assert.equal(2, hole2:received(), "RBL requests sent")
+      -- 2 x 200 ms; four c-ares tries would be 200 + 400 + 800 + 1600 ms
+      assert.is_true(waited >= 0.38 and waited < 0.9, ("greeting after %.3f s"):format(waited))
     end)
   end)
 end)

@@ -27,6 +27,10 @@ local function load(world)
   local function answer(name, qtype)
     rec.queries[#rec.queries + 1] = qtype .. " " .. name
     local v = (world.dns or {})[name .. " " .. qtype]
+    if type(v) == "table" and v.sequence then   -- a different answer per try
+      v.tries = (v.tries or 0) + 1
+      v = v.sequence[v.tries]
+    end
     if v == nil then return { error = "nxdomain" } end
     if type(v) == "string" then return { error = v } end
     return { answers = v }
@@ -48,7 +52,11 @@ local function load(world)
       query_all = function(qs)
         rec.batches = rec.batches + 1
         local out = {}
-        for i, q in ipairs(qs) do out[i] = answer(q[1], q[2]) end
+        for i, q in ipairs(qs) do
+          out[i] = answer(q[1], q[2])
+          rec.once = rec.once or {}
+          rec.once[#rec.once + 1] = (q.once and "once " or "") .. q[2] .. " " .. q[1]
+        end
         return out
       end,
     },
@@ -181,6 +189,26 @@ describe("moat.status", function()
       -- "127.0.0.2" must be the whole answer, not a prefix of it
       st = load { dns = { [Z1] = { "127.0.0.2.evil" }, [Z2] = { "1127.0.0.2" } } }
       assert.equal("other", st.decide(IP, { rbl = true }).status)
+    end)
+
+    it("an RBL request is sent at most twice, each a single try (seed 002: 'the minimal time-out')", function()
+      -- Z1 times out, then answers; Z2 times out twice; the PTR is not retried here
+      local z1 = { sequence = { "timeout", { "127.0.0.2" } } }
+      local z2 = { sequence = { "timeout", "timeout", { "127.0.0.2" } } }
+      local st, rec = load { dns = { [Z1] = z1, [Z2] = z2, [PTR] = "timeout" } }
+      local logs = {}
+      local r = st.decide(IP, { rbl = true, names = true }, {}, function(m) logs[#logs + 1] = m end)
+      assert.equal("blacklisted", r.status)
+      assert.equal(ZONE1, r.zone)
+      assert.same({ 2, 2 }, { z1.tries, z2.tries }, "two sends per zone, never a third")
+      assert.equal(2, rec.batches, "the retries of all zones go out together")
+      assert.same({ "PTR 7.2.0.192.in-addr.arpa", "once A 7.2.0.192.bl.example.test", "once A 7.2.0.192.bl2.example.test",
+                    "once A 7.2.0.192.bl.example.test", "once A 7.2.0.192.bl2.example.test" }, rec.once)
+      assert.same({ "rbl query failed: zone=bl2.example.test ip=192.0.2.7 error=timeout (not listed)" }, logs)
+      -- no timeout, no second batch
+      st, rec = load { dns = { [Z1] = "servfail" } }
+      st.decide(IP, { rbl = true })
+      assert.equal(1, rec.batches)
     end)
 
     it("an RBL timeout or failure is 'not listed' and logged; nxdomain and nodata are silent", function()
