@@ -36,6 +36,7 @@ domains = {
 ]],
     tables = { accounts = accounts() },
     policies = opts.policies or { "blacklist", "relay" },
+    scripts = opts.scripts,
   }
 end
 
@@ -60,6 +61,26 @@ local function ext_session(srv, source)
   assert.equals(250, code, text)
   return c, text
 end
+
+-- The `moatctl blocked` line for ip: kind, seconds left (nil when not listed).
+local function blocked_entry(srv, ip)
+  local rc, out = moatctl(srv, "blocked")
+  assert.equals(0, rc, out)
+  for line in out:gmatch("[^\n]+") do
+    local a, kind, left = line:match("^(%S+) (%S+) (%d+)s")
+    if a == ip then return kind, tonumber(left) end
+  end
+  return nil, out
+end
+
+-- A site script whose auth hook logs what it sees and refuses joe's logins.
+local AUTH_HOOK = [[
+  local moat = require "moat"
+  return { auth = function(s, user, ok)
+    s:log("auth hook", user, ok, s.ip, s.tls)
+    if user == "joe@example.test" then return moat.reject(550, "5.7.1 joe may not log in here") end
+  end }
+]]
 
 local function offers_auth(ehlo_text)
   return ehlo_text:find("\n250[ -]AUTH PLAIN LOGIN\n") ~= nil or ehlo_text:find("\n250[ -]AUTH PLAIN LOGIN$") ~= nil
@@ -265,6 +286,26 @@ describe("moat AUTH", function()
     assert.truthy(out:find("[127.0.0.11] is Other", 1, true), out)
   end)
 
+  it("Received: says ESMTPA for an authenticated session on a tls = \"ext\" socket (secure, no TLS)", function()
+    local c = ext_session(srv, "127.0.0.16")
+    local r = c:transaction { from = "x@remote.example", rcpts = { "joe@example.test" }, data = moat.message("plain") }
+    assert.equals(250, r.final[1], r.final[2])
+    assert.equals(235, (tls.auth_plain(c, "joe@example.test", "secret")))
+    r = c:transaction { from = "joe@example.test", rcpts = { "bob@other.example" }, data = moat.message("authed") }
+    assert.equals(250, r.final[1], r.final[2])
+    c:close()
+    local received = {}
+    for _, m in ipairs(srv:spool_files()) do
+      received[m.eml:match("Subject: (%S+)")] = m.eml:match("^(Received:.-)\r\n%S")
+    end
+    assert.truthy(received.authed:find(" with ESMTPA id ", 1, true), received.authed)
+    assert.truthy(received.authed:find("(authenticated sender)", 1, true), received.authed)
+    assert.falsy(received.authed:find("(using ", 1, true), received.authed)
+    -- the same session before AUTH: plain ESMTP
+    assert.truthy(received.plain:find(" with ESMTP id ", 1, true), received.plain)
+    assert.falsy(received.plain:find("authenticated", 1, true), received.plain)
+  end)
+
   it("Received: says ESMTPSA for an authenticated session over STARTTLS", function()
     local c = moat.client(srv.port, { source = "127.0.0.14" })
     assert.equals(250, (c:ehlo()))
@@ -293,5 +334,70 @@ describe("moat AUTH", function()
     for _, m in ipairs(srv:spool_files()) do by_subject[m.eml:match("Subject: (%S+)")] = m end
     assert.truthy(by_subject.anon.env:find('"user":null', 1, true), by_subject.anon.env)
     assert.equals("joe@example.test", by_subject.authed.envelope.user, by_subject.authed.env)
+  end)
+end)
+
+describe("moat AUTH with an auth hook", function()
+  local srv
+  before_each(function() srv = start { scripts = { ["site.lua"] = AUTH_HOOK } } end)
+  after_each(function() moat.stop_all() end)
+
+  it("sees the user and ok=true after a right password; its verdict refuses the login", function()
+    local c = ext_session(srv, "127.0.0.20")
+    local code, text = tls.auth_plain(c, "joe@example.test", "secret")
+    assert.same({ 550, "550 5.7.1 joe may not log in here" }, { code, text })
+    srv:wait_log('event=script session=%S+ msg="auth hook joe@example%.test true 127%.0%.0%.20 ext"')
+    local line = srv:wait_log("event=auth_refused ")
+    assert.truthy(line:find("ip=127.0.0.20", 1, true), line)
+    assert.truthy(line:find("user=joe@example.test", 1, true), line)
+    assert.truthy(line:find("policy=site", 1, true), line)
+    assert.same({}, srv:events("auth", { user = "joe@example.test" }))
+    -- the session goes on, not authenticated: AUTH is still offered, relaying is refused
+    local _, again = c:ehlo()
+    assert.is_true(offers_auth(again), again)
+    assert.equals(250, (c:cmd("MAIL FROM:<joe@example.test>")))
+    assert.equals(550, (c:cmd("RCPT TO:<bob@other.example>")))
+    c:close()
+
+    -- another user still logs in (from another address)
+    local c2 = ext_session(srv, "127.0.0.21")
+    assert.same({ 235, "235 2.7.0 Authentication successful" },
+                { tls.auth_plain(c2, "bob@corp.example.test", "secret") })
+    assert.equals(250, (c2:cmd("MAIL FROM:<bob@corp.example.test>")))
+    assert.equals(250, (c2:cmd("RCPT TO:<bob@other.example>")))
+    c2:close()
+    srv:wait_log('msg="auth hook bob@corp%.example%.test true 127%.0%.0%.21 ext"')
+    srv:wait_log("event=auth .*user=bob@corp%.example%.test.*relay=yes")
+
+    -- bob's address became unblockable and trusted; joe's refused login left its address as it was
+    assert.equals("unblockable", (blocked_entry(srv, "127.0.0.21")))
+    local rc, out = moatctl(srv, "test-address", "127.0.0.21")
+    assert.equals(0, rc, out)
+    assert.truthy(out:find("[127.0.0.21] is Trusted", 1, true), out)
+    local kind, listing = blocked_entry(srv, "127.0.0.20")
+    assert.is_nil(kind, listing)
+    rc, out = moatctl(srv, "test-address", "127.0.0.20")
+    assert.equals(0, rc, out)
+    assert.truthy(out:find("[127.0.0.20] is Other", 1, true), out)
+    local c3 = ext_session(srv, "127.0.0.20")
+    assert.equals(250, (c3:cmd("MAIL FROM:<x@remote.example>")))
+    assert.equals(550, (c3:cmd("RCPT TO:<bob@other.example>")))
+    c3:close()
+  end)
+
+  it("sees ok=false for a wrong password; the client gets 535, not the hook's verdict", function()
+    local c = ext_session(srv, "127.0.0.22")
+    local code, text = tls.auth_plain(c, "joe@example.test", "wrong")
+    assert.equals(535, code, text)
+    assert.truthy(text:find("^535 5%.7%.8 "), text)
+    code, text = tls.auth_login(c, "bob@corp.example.test", "wrong")
+    assert.equals(535, code, text)
+    c:close()
+    srv:wait_log('msg="auth hook joe@example%.test false 127%.0%.0%.22 ext"')
+    srv:wait_log('msg="auth hook bob@corp%.example%.test false 127%.0%.0%.22 ext"')
+    assert.equals(2, #srv:events("auth_failed", { ip = "127.0.0.22" }))
+    assert.same({}, srv:events("auth_refused"))
+    assert.same({}, srv:events("auth"))
+    assert.is_nil((blocked_entry(srv, "127.0.0.22")))
   end)
 end)
