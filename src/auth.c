@@ -134,7 +134,7 @@ static void auth_finish(struct session *s, const char *user, int ok, const char 
         log_kv(LOG_WARN, "auth_failed", "session", s->id, "ip", s->ip, "user", user, "reason", why, NULL);
     s->auth_ok = ok;
     struct verdict v;
-    if (hook_wait(s, PH_AUTH, lb_auth(&s->lb, user, 1, &v), &v))
+    if (hook_wait(s, PH_AUTH, lb_auth(&s->lb, user, ok, &v), &v))
         finish_auth_hook(s, &v);
 }
 

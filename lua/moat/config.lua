@@ -202,7 +202,16 @@ local settings = {
   end,
   metrics = function(n, v)
     local m = check_record(n, v, {
-      address = function(n2, x) return check_type(n2, x, "string") end,
+      address = function(n2, x)
+        -- an address literal: a host name would need a resolver call at start
+        check_type(n2, x, "string")
+        local a, b, c, d = x:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+        local v4 = a and tonumber(a) < 256 and tonumber(b) < 256 and tonumber(c) < 256 and tonumber(d) < 256
+        if not v4 and not (x:find(":", 1, true) and x:match("^[%x:.]+$")) then
+          fail(n2 .. ": must be an IPv4 or IPv6 address, not '" .. x .. "'")
+        end
+        return x
+      end,
       port = function(n2, x) return check_int(n2, x, 1, 65535) end,
     })
     if not m.port then fail(n .. ": port is required") end

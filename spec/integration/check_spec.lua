@@ -155,6 +155,17 @@ describe("moat --check", function()
     assert.truthy(err2:find("nonsense", 1, true), err2)
   end)
 
+  it("rejects a metrics address that is a host name (no resolver call at start), with its line", function()
+    local rc, _, err, conf = check { append = { 'metrics = { address = "localhost", port = 9125 }' } }
+    assert.equals(1, rc)
+    assert.truthy(err:find(conf .. ":12:", 1, true), err)
+    assert.truthy(err:find("must be an IPv4 or IPv6 address, not 'localhost'", 1, true), err)
+    for _, good in ipairs { "127.0.0.1", "::1" } do
+      local rc2, out2, err2 = check { append = { ('metrics = { address = "%s", port = 9125 }'):format(good) } }
+      assert.equals(0, rc2, out2 .. err2)
+    end
+  end)
+
   it("rejects restrict without a remote list", function()
     local rc, _, err, conf = check { [7] = '  { port = %PORT%, address = "127.0.0.1", restrict = "deny" },' }
     assert.equals(1, rc)
