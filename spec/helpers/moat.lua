@@ -103,15 +103,26 @@ function M.claim_port(port)
   return true
 end
 
-function M.free_port()
+-- all: the port must be free on every address, IPv4 and IPv6 (for an
+-- address = "all" socket: a client bound to 127.0.0.5:P already blocks it).
+function M.free_port(all)
   for _ = 1, 100 do
     local s = assert(socket.tcp())
     s:setoption("reuseaddr", true)
-    assert(s:bind("127.0.0.1", 0))
+    assert(s:bind(all and "0.0.0.0" or "127.0.0.1", 0))
     local _, port = s:getsockname()
-    s:close()
     port = tonumber(port)
-    if M.claim_port(port) then return port end
+    local free = true
+    if all then
+      local s6 = socket.tcp6()
+      if s6 then
+        s6:setoption("ipv6-v6only", true)
+        free = s6:bind("::", port) ~= nil
+        s6:close()
+      end
+    end
+    s:close()
+    if free and M.claim_port(port) then return port end
   end
   error("no fresh free TCP port after 100 tries")
 end
@@ -229,7 +240,7 @@ function M.prepare(opts)
   opts = opts or {}
   local dir = M.tmpdir(opts.tag or "moat")
   local vars = { DIR = dir }
-  vars.PORT = opts.port or M.free_port()
+  vars.PORT = opts.port or M.free_port(opts.any_address)
   for i = 1, (opts.ports or 0) do vars["PORT" .. i] = M.free_port() end
   local conf = opts.config or default_config(opts)
   local path = dir .. "/" .. (opts.config_name or "moat.conf")

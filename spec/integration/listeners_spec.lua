@@ -47,6 +47,21 @@ describe("moat listeners", function()
     c:close()
   end)
 
+  it("address = \"all\" serves IPv4 and IPv6 on the same port", function()
+    local srv = moat.start { listener = '{ { port = %PORT%, address = "all" } }', any_address = true,
+                             tables = { client_ips = "127.0.0.1\n::1\n" } }
+    for _, host in ipairs { "127.0.0.1", "127.0.0.9", "::1" } do
+      local c = moat.client(srv.port, { host = host })
+      assert.same({ 220, "220 mx.example.test ESMTP moat" }, { c.greeting_code, c.greeting }, host)
+      assert.equals(250, (c:ehlo()), host)
+      c:close()
+    end
+    srv:wait_log("event=connect [^\n]* ip=::1 [^\n]*local=::1 ")
+    srv:wait_log("event=connect [^\n]* local=127%.0%.0%.9 ")
+    -- one IPv4 and one IPv6-only socket (README: Choices made where the contract was silent)
+    assert.equals(2, #srv:events("listening"), srv:log())
+  end)
+
   it("serves two sockets of one listener", function()
     local srv = moat.start {
       ports = 1,
