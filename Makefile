@@ -11,7 +11,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-protot
 LDLIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lcrypt -lpthread
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery auth proxy
+CORE    := address config control dns iplist listener log lua_bridge runtime smtp spool tempblock tls worker accounts stats metrics watch smtpc envelope delivery auth proxy lineset
 OBJ     := $(CORE:%=build/%.o) build/main.o
 ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
 UNIT    := iplist dns address tempblock
@@ -19,7 +19,7 @@ BUSTED  := lua5.4 /usr/bin/busted
 
 .PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench fuzz fuzz-build
 
-all: deps-check moat moatctl
+all: deps-check moat moatctl build/lua/moat/lineset.so
 
 # Install the Debian packages when root; otherwise print the line to run.
 deps:
@@ -51,6 +51,12 @@ moat: $(OBJ)
 
 moatctl: src/moatctl.c
 	$(CC) $(CFLAGS) -o $@ $<
+
+# The banned-line matcher as a Lua C module, for the busted specs and the
+# benchmarks that run lua/ without the daemon (moat links it in).
+build/lua/moat/lineset.so: src/lineset.c src/lineset.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -o $@ $<
 
 build/moat-asan: $(ASANOBJ)
 	$(CC) $(CFLAGS) $(SAN) -o $@ $^ $(LDLIBS)

@@ -12,6 +12,7 @@
 -- A benchmark prints numbers; it never fails.
 local dir = (arg and arg[0] or ""):match("^(.*)/bench/[^/]*$") or "."
 package.path = dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;" .. package.path
+package.cpath = dir .. "/build/lua/?.so;" .. package.cpath   -- moat.lineset (make builds it)
 local banned = require "moat.banned"
 
 local TARGET = tonumber(os.getenv("BANNED_BENCH_MB") or "10") * 1e6

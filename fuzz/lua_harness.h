@@ -73,6 +73,13 @@ static void lua_harness_init(const char *driver, const char *name)
     lua_pushstring(L, "");
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
+#ifdef FUZZ_LINESET
+    /* the C matcher behind moat.banned, linked into this target */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_moat_lineset);
+    lua_setfield(L, -2, "moat.lineset");
+    lua_pop(L, 1);
+#endif
     lua_pushcfunction(L, lua_traceback_handler);
     char path[4096];
     snprintf(path, sizeof path, "%s/fuzz/drivers/%s.lua", root, driver);

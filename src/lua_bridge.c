@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "lineset.h"
 #include "iplist.h"
 #include "log.h"
 #include "runtime.h"
@@ -581,6 +582,8 @@ lua_State *lb_state_new(struct runtime *rt)
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_moat_core);
     lua_setfield(L, -2, "moat.core");
+    lua_pushcfunction(L, luaopen_moat_lineset);
+    lua_setfield(L, -2, "moat.lineset");
     lua_pop(L, 1);
     create_metatables(L);
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
@@ -679,6 +682,34 @@ static int push_entries(struct runtime *rt, char *err, size_t errlen)
     return 0;
 }
 
+/* The chain's third result: { {name=, filter=}, ... } when every data_line
+ * hook is a line filter (popped). */
+static void native_filters(struct runtime *rt)
+{
+    lua_State *L = rt->L;
+    rt->nfilters = 0;
+    int n = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 0;
+    if (n > (int)(sizeof rt->filters / sizeof rt->filters[0]))
+        n = 0;                  /* the Lua chain runs them, as any hook */
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_getfield(L, -1, "name");
+        lua_getfield(L, -2, "filter");
+        const struct line_filter *f = lineset_filter_test(L, -1);
+        if (!f) {
+            lua_pop(L, 3);
+            rt->nfilters = 0;
+            break;
+        }
+        struct native_filter *nf = &rt->filters[rt->nfilters++];
+        nf->f = f;
+        snprintf(nf->policy, sizeof nf->policy, "%s", lua_tostring(L, -2));
+        nf->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+}
+
 int lb_load_policies(struct runtime *rt, char *err, size_t errlen)
 {
     lua_State *L = rt->L;
@@ -692,13 +723,14 @@ int lb_load_policies(struct runtime *rt, char *err, size_t errlen)
         lua_pop(L, 1);
         return -1;
     }
-    if (load_call(rt, 1, 2, err, errlen) != 0)
+    if (load_call(rt, 1, 3, err, errlen) != 0)
         return -1;
-    if (lua_isnil(L, -2)) {
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
-        lua_pop(L, 2);
+    if (lua_isnil(L, -3)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -2));
+        lua_pop(L, 3);
         return -1;
     }
+    native_filters(rt);
     rt->phase_mask = 0;
     for (int p = 0; p < PH_COUNT; p++) {
         lua_getfield(L, -1, phase_names[p]);
@@ -1095,10 +1127,43 @@ int lb_data(struct lb_session *ls, struct verdict *v)
     return resume(ls, 2, v);
 }
 
+/* A data_line chain of line filters only, run here: the first filter whose
+ * set matches gives its verdict, after the log line s:log would write. */
+static void run_filters(struct lb_session *ls, const char *line, size_t len, int header, struct verdict *v)
+{
+    struct runtime *rt = ls->rt;
+    memset(v, 0, sizeof *v);
+    v->action = V_NONE;
+    for (int i = 0; i < rt->nfilters; i++) {
+        const struct line_filter *f = rt->filters[i].f;
+        struct lineset *set = header ? f->header : f->body;
+        int hit = set ? lineset_match(set, line, len) : -1;
+        if (hit < 0)
+            continue;
+        lua_State *L = rt->L;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, rt->filters[i].ref);
+        lineset_filter_label(L, -1, header, hit);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ls->s_ref);
+        lua_getfield(L, -1, "id");
+        if (lua_isstring(L, -3))
+            log_kv(LOG_INFO, "script", "session", lua_tostring(L, -1), "msg", lua_tostring(L, -3), NULL);
+        lua_pop(L, 4);
+        v->action = action_of(f->action);
+        v->code = f->code;
+        copy_reply_text(v->text, sizeof v->text, f->text);
+        snprintf(v->policy, sizeof v->policy, "%s", rt->filters[i].policy);
+        return;
+    }
+}
+
 int lb_data_line(struct lb_session *ls, const char *line, size_t len, int header, struct verdict *v)
 {
     if (no_hooks(ls, PH_DATA_LINE, v))
         return 1;
+    if (ls->rt->nfilters) {
+        run_filters(ls, line, len, header, v);
+        return 1;
+    }
     lua_State *co = begin(ls, PH_DATA_LINE);
     lua_pushlstring(co, line, len);
     lua_pushstring(co, header ? "header" : "body");

@@ -22,6 +22,14 @@ struct runtime {
     struct lua_State *L;
     int run_ref;                   /* registry ref of the chain's run(phase, s, ...) */
     unsigned phase_mask;           /* 1 << phase for phases that have hooks */
+    /* When every data_line hook is a line filter (moat.lineset), the core
+     * runs them itself: no coroutine, no Lua, per message line. */
+    int nfilters;
+    struct native_filter {
+        const struct line_filter *f;
+        int ref;                   /* registry ref keeping the filter alive */
+        char policy[64];
+    } filters[8];
     size_t mem_used, mem_limit;    /* Lua allocator accounting */
     struct lb_session *current;    /* the session whose hook is running now */
     struct tls_ctx *tls;           /* certificates of this generation, NULL if none */

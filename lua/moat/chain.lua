@@ -6,6 +6,7 @@
 -- the moat module is an error, so a stray `return true` can never accept.
 local moat = require "moat"
 local source = require "moat.source"
+local lineset = require "moat.lineset"
 
 local M = {}
 
@@ -59,7 +60,9 @@ local function check_hooks(path, hooks)
       return nil, ("%s:%d: unknown hook '%s' (hooks: connect, helo, auth, mail_from, rcpt, data, data_line, data_end, disconnect)")
         :format(path, line, tostring(k))
     end
-    if type(fn) ~= "function" then return nil, ("%s: hook '%s' is not a function"):format(path, k) end
+    if type(fn) ~= "function" and not (k == "data_line" and lineset.is_filter(fn)) then
+      return nil, ("%s: hook '%s' is not a function"):format(path, k)
+    end
   end
   return hooks
 end
@@ -81,6 +84,13 @@ function M.load(entries)
   end
   local present = {}
   for phase, list in pairs(by_phase) do present[phase] = #list > 0 end
+  -- data_line hooks that are all line filters (moat.lineset.filter) are run
+  -- by the core itself, without a coroutine per message line.
+  local natives = #by_phase.data_line > 0 and {} or nil
+  for _, h in ipairs(by_phase.data_line) do
+    if type(h.fn) == "function" then natives = nil break end
+    natives[#natives + 1] = { name = h.name, filter = h.fn }
+  end
 
   local is_verdict = moat.is_verdict
   local function run(phase, s, ...)
@@ -98,7 +108,7 @@ function M.load(entries)
     end
     return nil
   end
-  return run, present
+  return run, present, natives
 end
 
 return M

@@ -75,6 +75,7 @@ describe("banned policy", function()
   it("rejects a banned header field after the final dot", function()
     rejected(msg(with { "Subject: You have won a prize" }))
     srv:wait_log("banned header line: matched .*banned_headers:1")
+    srv:wait_log("event=message [^\n]*verdict=reject [^\n]*policy=banned")
   end)
 
   it("rejects a wrapped header field banned by a pattern with the \\r\\n escape", function()
@@ -130,6 +131,45 @@ describe("banned policy", function()
   it("keeps the session usable after a rejection", function()
     rejected(msg(with { "Subject: You have won a prize" }))
     accepted(msg(with { "Subject: Fine" }))
+  end)
+end)
+
+describe("banned policy next to a site script's data_line hook", function()
+  -- banned's hook is a line filter the core runs in C; with a Lua data_line
+  -- hook in the chain too, the chain runs in Lua and calls the filter as a
+  -- hook: the same verdicts, in chain order.
+  local SITE = [[
+local moat = require "moat"
+return { data_line = function(s, line, part)
+  if part == "body" then s.vars.body_lines = (s.vars.body_lines or 0) + 1 end
+  if line == "site says no" then return moat.reject(550, "5.7.1 refused by the site") end
+end, data_end = function(s) s:log("site saw " .. tostring(s.vars.body_lines) .. " body lines") end }
+]]
+  teardown(function() H.stop_all() end)
+
+  it("both run: banned first, then the site hook, which sees every line that passed", function()
+    local srv = H.start { tag = "banned-mixed", policies = { "relay", "banned" }, scripts = { ["site.lua"] = SITE },
+                          tables = { banned_headers = BANNED_HEADERS, banned_body = BANNED_BODY } }
+    local c = H.client(srv.port)
+    c:ehlo()
+    local function final(body, subject)
+      local r = c:transaction { from = "a@remote.example", rcpts = { "joe@example.test" },
+                                data = msg(with { "Subject: " .. (subject or "Hi") }, body) }
+      return r.final[1], r.final[2]
+    end
+    assert.same({ 250 }, { (final("one\r\ntwo\r\nthree\r\n")) })
+    srv:wait_log("site saw 3 body lines")
+    assert.same({ 554, "554 5.7.1 Message content rejected (banned line)" },
+                { final("ok\r\nClick here to claim your prize\r\n") })
+    srv:wait_log("banned body line: matched .*banned_body:1")
+    assert.same({ 550, "550 5.7.1 refused by the site" }, { final("site says no\r\n") })
+    -- a banned header is refused by banned, whatever the site's hook says later
+    assert.same({ 554, "554 5.7.1 Message content rejected (banned line)" },
+                { final("site says no\r\n", "You have won a prize") })
+    c:close()
+    local policies = {}
+    for _, l in ipairs(srv:events("message")) do policies[#policies + 1] = l:match(" policy=(%S+)") or "-" end
+    assert.same({ "-", "banned", "site.lua", "banned" }, policies)
   end)
 end)
 

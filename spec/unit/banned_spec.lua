@@ -231,7 +231,7 @@ describe("moat.banned", function()
       local s = set(table.concat(lines, "\n"), "header")
       assert.equal(1000, s.count)
       assert.equal(0, s.kinds.scan)
-      local before = banned.confirms()
+      local before = s:confirms()
       local sample = {
         "Subject: Meeting notes for the project review",
         "The quarterly report is attached; please read it before the meeting.",
@@ -246,7 +246,7 @@ describe("moat.banned", function()
           n = n + 1
         end
       end
-      local tries = banned.confirms() - before
+      local tries = s:confirms() - before
       assert.is_true(tries < n, ("%d full matches for %d lines"):format(tries, n))
       assert.truthy(s:match("Subject: a deal " .. 7919 * 3 .. " for you"))
       assert.truthy(s:match("Use offer code Q00077Z today"))
