@@ -809,9 +809,13 @@ int tb_trusted(tempblock *tb, const unsigned char key[16], time_t now)
 {
     note_now(tb, now);
     int32_t i = lookup(tb, key);
-    if (i < 0 || !unblock_left(tb, &tb->ents[i], now) || tb->ents[i].trusted_until <= now)
+    int u = i < 0 ? 0 : unblock_left(tb, &tb->ents[i], now);
+    if (!u || tb->ents[i].trusted_until <= now)
         return 0;
-    return clamp_int(tb->ents[i].trusted_until - now);
+    /* The trust ends with the unblockable mark, which a login after a reload
+     * that shortened unblock_time can make end first. */
+    int t = clamp_int(tb->ents[i].trusted_until - now);
+    return t < u ? t : u;
 }
 
 int tb_trusted_str(tempblock *tb, const char *ip, time_t now)

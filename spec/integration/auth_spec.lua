@@ -350,7 +350,7 @@ describe("moat AUTH with an auth hook", function()
     local line = srv:wait_log("event=auth_refused ")
     assert.truthy(line:find("ip=127.0.0.20", 1, true), line)
     assert.truthy(line:find("user=joe@example.test", 1, true), line)
-    assert.truthy(line:find("policy=site", 1, true), line)
+    assert.truthy(line:find("policy=site.lua", 1, true), line)
     assert.same({}, srv:events("auth", { user = "joe@example.test" }))
     -- the session goes on, not authenticated: AUTH is still offered, relaying is refused
     local _, again = c:ehlo()

@@ -232,6 +232,98 @@ static void test_unblock(void)
     tb_free(tb);
 }
 
+/* The 16-byte key of a textual IPv4 address (IPv4-mapped IPv6). */
+static void v4_key(const char *ip, unsigned char key[16])
+{
+    memset(key, 0, 10);
+    key[10] = key[11] = 0xff;
+    inet_pton(AF_INET, ip, key + 12);
+}
+
+/* Trusted (DESIGN §6 status "trusted"): a Relay-enabled login from the
+ * address within temp_unblock.time. */
+static void test_trusted(void)
+{
+    struct tb_settings s = base_settings();
+    tempblock *tb = make(&s);
+    unsigned char k[16];
+    const char *t = "192.0.2.80";
+    v4_key(t, k);
+    CHECK(tb_trusted_str(tb, t, T0) == 0, "unknown address: not trusted");
+    tb_block_str(tb, t, "spamtrap", T0);
+    CHECK(tb_make_trusted(tb, k, T0 + 1) == 1, "Relay-enabled login makes trusted");
+    CHECK(tb_trusted_str(tb, t, T0 + 1) == 3600, "trusted for unblock_time (%d)", tb_trusted_str(tb, t, T0 + 1));
+    CHECK(tb_trusted(tb, k, T0 + 1) == 3600, "raw key: the same");
+    CHECK(tb_trusted_str(tb, "::ffff:192.0.2.80", T0 + 1) == 3600, "v4-mapped form is the same address");
+    CHECK(tb_unblockable_str(tb, t, T0 + 1) == 3600, "and unblockable");
+    CHECK(tb_blocked_str(tb, t, T0 + 1) == 0, "the login lifted the block");
+    CHECK(tb_block_str(tb, t, "spamtrap", T0 + 2) == TB_REFUSED, "a trusted address cannot be blocked");
+    CHECK(tb_trusted_str(tb, t, T0 + 3600) == 1, "1 s left 3599 s after the login");
+    CHECK(tb_trusted_str(tb, t, T0 + 3601) == 0, "expired unblock_time after the login");
+    CHECK(tb_unblockable_str(tb, t, T0 + 3601) == 0, "unblockable expired with it");
+    CHECK(tb_make_unblockable(tb, k, T0 + 4000) == 1 && tb_trusted_str(tb, t, T0 + 4000) == 0,
+          "a later login without Relay does not bring the trust back");
+    CHECK(tb_make_trusted(tb, k, T0 + 5000) == 1 && tb_trusted_str(tb, t, T0 + 5000) == 3600,
+          "a later Relay-enabled login does");
+
+    /* a login without Relay: unblockable, not trusted; on a trusted address
+     * it renews the unblockable mark but not the trust */
+    const char *n = "192.0.2.81";
+    v4_key(n, k);
+    CHECK(tb_make_unblockable(tb, k, T0) == 1, "login without Relay");
+    CHECK(tb_trusted_str(tb, n, T0) == 0 && tb_unblockable_str(tb, n, T0) == 3600, "unblockable, not trusted");
+    CHECK(tb_make_trusted(tb, k, T0 + 10) == 1 && tb_trusted_str(tb, n, T0 + 10) == 3600, "then a Relay-enabled login");
+    CHECK(tb_make_unblockable(tb, k, T0 + 1000) == 1, "then one without Relay");
+    CHECK(tb_unblockable_str(tb, n, T0 + 1000) == 3600, "renews the unblockable mark");
+    CHECK(tb_trusted_str(tb, n, T0 + 1000) == 2610, "but not the trust (%d)", tb_trusted_str(tb, n, T0 + 1000));
+    CHECK(tb_trusted_str(tb, n, T0 + 3610) == 0 && tb_unblockable_str(tb, n, T0 + 3610) == 990,
+          "trusted until unblock_time after the Relay-enabled login, unblockable longer");
+    CHECK(tb_make_trusted(tb, k, T0 + 3700) == 1 && tb_trusted_str(tb, n, T0 + 3700) == 3600,
+          "a Relay-enabled login renews the trust");
+
+    /* tb_unblock (moatctl unblock) lifts blocks and counters only: it does
+     * not end the trust, which rides on the unblockable mark */
+    const char *u = "192.0.2.82";
+    v4_key(u, k);
+    tb_make_trusted(tb, k, T0);
+    CHECK(tb_unblock_str(tb, u) == 0, "tb_unblock on a trusted address: nothing was blocked");
+    CHECK(tb_trusted_str(tb, u, T0 + 1) == 3599 && tb_unblockable_str(tb, u, T0 + 1) == 3599,
+          "still trusted and unblockable");
+
+    /* kept across a reload, with its old expiry */
+    s.unblock_time = 10;
+    tb_configure(tb, &s);
+    CHECK(tb_trusted_str(tb, u, T0 + 100) == 3500, "trust kept (its old expiry) across reload");
+    CHECK(tb_make_unblockable(tb, k, T0 + 150) == 1 && tb_unblockable_str(tb, u, T0 + 150) == 10,
+          "a login without Relay renews the unblockable mark with the new, shorter time");
+    CHECK(tb_trusted_str(tb, u, T0 + 159) == 1 && tb_trusted_str(tb, u, T0 + 160) == 0,
+          "the trust ends with the unblockable mark");
+    CHECK(tb_make_trusted(tb, k, T0 + 200) == 1 && tb_trusted_str(tb, u, T0 + 200) == 10,
+          "renewed with the new unblock_time");
+    CHECK(tb_trusted_str(tb, u, T0 + 210) == 0, "and expires by it");
+    CHECK(tb_trusted_str(tb, "bogus", T0) == -1, "unparsable: -1");
+    tb_free(tb);
+
+    /* no room for another unblockable address, or unblocking off: no trust */
+    s = base_settings();
+    s.unblock_limit = 1;
+    tb = make(&s);
+    v4_key("192.0.2.83", k);
+    CHECK(tb_make_trusted(tb, k, T0) == 1, "trusted 1 of 1");
+    v4_key("192.0.2.84", k);
+    CHECK(tb_make_trusted(tb, k, T0) == 0, "unblock_limit reached: tb_make_trusted refuses");
+    CHECK(tb_trusted_str(tb, "192.0.2.84", T0) == 0, "not trusted");
+    CHECK(tb_make_trusted(tb, k, T0 + 3600) == 1 && tb_trusted_str(tb, "192.0.2.84", T0 + 3600) == 3600,
+          "room once the first one expires");
+    CHECK(tb_trusted_str(tb, "192.0.2.83", T0 + 3600) == 0, "the first one is no longer trusted");
+    s.unblock_time = 0;
+    tb_configure(tb, &s);
+    v4_key("192.0.2.85", k);
+    CHECK(tb_make_trusted(tb, k, T0 + 4000) == 0 && tb_trusted_str(tb, "192.0.2.85", T0 + 4000) == 0,
+          "unblock_time 0: nothing is trusted");
+    tb_free(tb);
+}
+
 struct seen {
     int n, blocked4, unblock6, other;
 };
@@ -420,6 +512,7 @@ int main(void)
     test_expiry_and_limit();
     test_unblockable();
     test_unblock();
+    test_trusted();
     test_foreach();
     test_addresses();
     test_reconfigure();
