@@ -877,9 +877,11 @@ static void redirect_message(struct session *s, const char *address)
 static void finish_message(struct session *s, const struct verdict *v)
 {
     if (s->too_big) {
+        srv.stats.messages_rejected++;
         reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
         log_transaction(s, "reject", NULL, "message too big");
     } else if (s->line_too_long) {
+        srv.stats.messages_rejected++;
         reply(s, "500 5.5.2 Line too long (more than %d bytes)", s->rt->cfg.max_line_length);
         log_transaction(s, "reject", NULL, "line too long");
     } else if (reply_verdict(s, v)) {

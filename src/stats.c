@@ -118,6 +118,20 @@ void stats_render_text(struct evbuffer *out)
                             rows[i].phase, rows[i].action, rows[i].code, rows[i].n);
 }
 
+/* A label value of the text exposition format: \\, \" and \n escaped (a
+ * policy is named after its script file, which may hold any of them). */
+static void add_label_value(struct evbuffer *out, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            evbuffer_add_printf(out, "\\%c", *v);
+        else if (*v == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, v, 1);
+    }
+}
+
 void stats_render_prometheus(struct evbuffer *out)
 {
     struct metric m[32];
@@ -127,7 +141,10 @@ void stats_render_prometheus(struct evbuffer *out)
                             m[i].help, m[i].name, m[i].type, m[i].name, m[i].value);
     evbuffer_add_printf(out, "# HELP moat_verdicts_total Policy verdicts by policy, phase, action and reply code\n"
                              "# TYPE moat_verdicts_total counter\n");
-    for (int i = 0; i < nrows; i++)
-        evbuffer_add_printf(out, "moat_verdicts_total{policy=\"%s\",phase=\"%s\",action=\"%s\",code=\"%d\"} %llu\n",
-                            rows[i].policy, rows[i].phase, rows[i].action, rows[i].code, rows[i].n);
+    for (int i = 0; i < nrows; i++) {
+        evbuffer_add_printf(out, "moat_verdicts_total{policy=\"");
+        add_label_value(out, rows[i].policy);
+        evbuffer_add_printf(out, "\",phase=\"%s\",action=\"%s\",code=\"%d\"} %llu\n", rows[i].phase,
+                            rows[i].action, rows[i].code, rows[i].n);
+    }
 }

@@ -369,11 +369,12 @@ describe("moat reload", function()
   end)
 
   describe("listener sockets", function()
-    it("a reload opens added sockets, closes removed ones, keeps unchanged ones serving", function()
+    it("a reload opens added sockets, closes removed ones, keeps unchanged ones open and serving", function()
       local srv = moat.start {
         ports = 2,
         scripts = { ["site.lua"] = script("one") },
         listener = '{ { port = %PORT%, address = "127.0.0.1" }, { port = %PORT1%, address = "127.0.0.1" } }',
+        lua = { budget = 100000000 },   -- room for the slow load below (loading gets 100 budgets)
       }
       local P, P1, P2 = srv.port, srv.vars.PORT1, srv.vars.PORT2
       assert.truthy(refused(P2))
@@ -383,13 +384,41 @@ describe("moat reload", function()
       local gone = moat.client(P1)
       assert.equals(250, (gone:ehlo()))
 
+      -- The new script spends 1 s loading (the loop is busy building the new
+      -- generation, before any socket is touched).  A client that connects
+      -- meanwhile sits in the kernel's backlog of P: moat accepts it only
+      -- after the switch, so it is greeted only if P's listening socket was
+      -- kept; closing and reopening it would reset that connection.
       set_listener(srv, ('{ { port = %d, address = "127.0.0.1" }, { port = %d, address = "127.0.0.1" } }'):format(P, P2))
-      srv:write("site.lua", script("two"))
-      local rc, out, err = ctl(srv, "reload")
-      assert.equals(0, rc, err)
-      assert.truthy(out:find("reloaded: generation 2", 1, true), out)
+      srv:write("site.lua", 'print("building generation two")\n' ..
+        'local t = os.clock()\nwhile os.clock() - t < 1 do end\n' .. script("two"))
+      local outf = srv.dir .. "/reload.out"
+      local ctl_pid = moat.spawn(("(%s -s %s reload >%s 2>&1; echo \"rc=$?\" >>%s)"):format(
+        shquote(os.getenv("MOATCTL_BIN") or (moat.root .. "/moatctl")), shquote(srv.dir .. "/moat.sock"),
+        shquote(outf), shquote(outf)))
+      srv:wait_log("event=script [^\n]*building generation two")
+      local waiting = moat.client(P, { greeting = false })
+      assert.is_nil(srv:log():find("event=reloaded", 1, true), "the reload finished before the client connected")
+      assert.truthy(moat.poll(function() return not moat.alive(ctl_pid) end, 10), "moatctl reload did not finish")
+      local out = moat.read_file(outf) or ""
+      assert.truthy(out:find("reloaded: generation 2\n", 1, true), out)
+      assert.truthy(out:find("rc=0\n$"), out)
       srv:wait_log("event=listening socket=127%.0%.0%.1:" .. P2)
       srv:wait_log("event=closed socket=127%.0%.0%.1:" .. P1)
+
+      -- kept: its listening socket was never closed nor opened again
+      assert.equals(0, #srv:events("closed", { socket = "127.0.0.1:" .. P .. " " }), srv:log())
+      assert.equals(1, #srv:events("listening", { socket = "127.0.0.1:" .. P .. " " }), srv:log())
+      -- the client from the backlog is greeted, by the new generation (so it
+      -- was accepted after the switch: it waited in P's backlog all along)
+      local code, greeting = waiting:read_reply()
+      assert.equals(220, code, tostring(greeting))
+      assert.equals(250, (waiting:ehlo()))
+      assert.equals(250, (waiting:cmd("MAIL FROM:<a@remote.example>")))
+      assert.same({ 550, "550 5.7.1 two" }, { waiting:cmd("RCPT TO:<probe@example.test>") })
+      assert.equals(250, (waiting:cmd("RSET")))
+      assert.equals(250, send_mail(waiting))
+      waiting:close()
 
       -- added: connect works, new script
       assert.equals("550 5.7.1 two", probe(P2))
