@@ -167,6 +167,8 @@ end, data_end = function(s) s:log("site saw " .. tostring(s.vars.body_lines) .. 
     assert.same({ 554, "554 5.7.1 Message content rejected (banned line)" },
                 { final("site says no\r\n", "You have won a prize") })
     c:close()
+    -- the log line follows the reply: wait for the fourth
+    assert.truthy(H.poll(function() return #srv:events("message") >= 4 end, 5), srv:log())
     local policies = {}
     for _, l in ipairs(srv:events("message")) do policies[#policies + 1] = l:match(" policy=(%S+)") or "-" end
     assert.same({ "-", "banned", "site.lua", "banned" }, policies)

@@ -184,6 +184,7 @@ describe("proxy mode", function()
     end
     assert.equals(3, #f:messages(), "the next hop saw each message")
     assert.same({}, front:spool_names(), "nothing queued in moat")
+    assert.truthy(H.poll(function() return #front:events("message") >= 3 end, 5), front:log())
     local rejected = front:events("message")
     assert.truthy(rejected[1]:find("verdict=reject", 1, true) and rejected[1]:find("554 5.7.1", 1, true), rejected[1])
     assert.truthy(rejected[3]:find("verdict=accept", 1, true), rejected[3])
