@@ -985,11 +985,85 @@ static int feed_line(struct session *s, const char *line, size_t len, const char
     return !s->busy;
 }
 
-/* One DATA line.  Lines end at LF; the message ends only at CRLF "." CRLF
- * (a bare LF never ends the message: no SMTP smuggling through moat).
+/* The message lines wholly inside [p, p + n): each is dot-unstuffed, added
+ * to the message (a run of lines in one evbuffer_add) and given to the
+ * data_line hooks.  Stops before the end-of-data line (data_step handles
+ * it), at the first incomplete line, and as soon as the session must wait
+ * for a hook.  *used is the number of bytes taken (0: not one line); returns
+ * 0 when the session must wait. */
+static int take_lines(struct session *s, const char *p, size_t n, size_t *used)
+{
+    size_t max = (size_t)s->rt->cfg.max_line_length;
+    size_t limit = (size_t)s->rt->cfg.max_message_size;
+    const char *run = NULL;      /* bytes for s->msg not yet added */
+    size_t runlen = 0, off = 0;
+    int go_on = 1;
+    while (off < n && go_on && !s->busy && !s->closing) {
+        const char *line = p + off;
+        const char *lf = memchr(line, '\n', n - off);
+        if (!lf)
+            break;
+        size_t linelen = (size_t)(lf - line) + 1;
+        int crlf = linelen >= 2 && line[linelen - 2] == '\r';
+        size_t content = linelen - 1 - (size_t)crlf;
+        if (content > max) {
+            s->line_too_long = 1;
+            s->prev_crlf = crlf;
+            off += linelen;
+            continue;
+        }
+        if (content == 1 && line[0] == '.' && crlf && s->prev_crlf)
+            break;               /* the end of the message */
+        const char *text = line;
+        size_t tlen = linelen;
+        if (line[0] == '.') {    /* dot-unstuffing (RFC 5321 4.5.2) */
+            text++;
+            tlen--;
+            content--;
+        }
+        if (!s->too_big && s->msg_size + tlen > limit) {
+            s->too_big = 1;      /* keep nothing of it, refuse it after the dot */
+            run = NULL;
+            runlen = 0;
+            evbuffer_drain(s->msg, evbuffer_get_length(s->msg));
+        } else if (!s->too_big) {
+            if (run && run + runlen == text) {
+                runlen += tlen;
+            } else {
+                if (runlen)
+                    evbuffer_add(s->msg, run, runlen);
+                run = text;
+                runlen = tlen;
+            }
+        }
+        s->msg_size += tlen;
+        s->prev_crlf = crlf;
+        if (!s->too_big && !s->line_too_long)
+            go_on = feed_line(s, text, content, text + content, tlen - content);
+        off += linelen;
+    }
+    if (runlen && !s->too_big)
+        evbuffer_add(s->msg, run, runlen);
+    *used = off;
+    return go_on;
+}
+
+/* DATA input.  Lines end at LF; the message ends only at CRLF "." CRLF (a
+ * bare LF never ends the message: no SMTP smuggling through moat).  The
+ * lines inside the input's first buffer segment are taken where they lie;
+ * a line that crosses into the next segment is made contiguous first.
  * Returns 0 when no complete line is buffered or the session must wait. */
 static int data_step(struct session *s, struct evbuffer *in)
 {
+    struct evbuffer_iovec seg;
+    size_t used = 0;
+    if (evbuffer_peek(in, -1, NULL, &seg, 1) >= 1) {
+        int go_on = take_lines(s, seg.iov_base, seg.iov_len, &used);
+        if (used > 0) {
+            evbuffer_drain(in, used);
+            return go_on;
+        }
+    }
     size_t inlen = evbuffer_get_length(in);
     struct evbuffer_ptr pos = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
     size_t max = (size_t)s->rt->cfg.max_line_length;
@@ -1006,12 +1080,6 @@ static int data_step(struct session *s, struct evbuffer *in)
     const char *line = (const char *)evbuffer_pullup(in, (ev_ssize_t)linelen);
     int crlf = linelen >= 2 && line[linelen - 2] == '\r';
     size_t content = linelen - 1 - (size_t)crlf;
-    if (content > max) {
-        s->line_too_long = 1;
-        s->prev_crlf = crlf;
-        evbuffer_drain(in, linelen);
-        return 1;
-    }
     if (content == 1 && line[0] == '.' && crlf && s->prev_crlf) {
         evbuffer_drain(in, linelen);
         /* A message with no blank line ends inside its header. */
@@ -1023,25 +1091,7 @@ static int data_step(struct session *s, struct evbuffer *in)
             end_of_data(s);
         return !s->busy;
     }
-    const char *text = line;
-    size_t tlen = linelen;
-    if (line[0] == '.') {       /* dot-unstuffing (RFC 5321 4.5.2) */
-        text++;
-        tlen--;
-        content--;
-    }
-    if (!s->too_big) {
-        if (s->msg_size + tlen > (size_t)s->rt->cfg.max_message_size) {
-            s->too_big = 1;
-            evbuffer_drain(s->msg, evbuffer_get_length(s->msg));
-        } else {
-            evbuffer_add(s->msg, text, tlen);
-        }
-    }
-    s->msg_size += tlen;
-    s->prev_crlf = crlf;
-    int go_on = s->too_big || s->line_too_long ? 1
-              : feed_line(s, text, content, text + content, tlen - content);
+    int go_on = take_lines(s, line, linelen, &used);   /* exactly this line */
     evbuffer_drain(in, linelen);
     return go_on;
 }
