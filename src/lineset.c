@@ -619,6 +619,12 @@ static int l_filter(lua_State *L)
     f->code = (int)lua_tointeger(L, -2);
     snprintf(f->text, sizeof f->text, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "");
     lua_pop(L, 4);
+    /* What the core will give without asking Lua again: a refusal with a
+     * 4xx/5xx code, or discard (a hook can never accept by accident). */
+    int refusal = strcmp(f->action, "reject") == 0 || strcmp(f->action, "tempfail") == 0 ||
+                  strcmp(f->action, "drop") == 0;
+    if (!(refusal && f->code >= 400 && f->code <= 599) && strcmp(f->action, "discard") != 0)
+        return luaL_error(L, "lineset.filter: verdict must be moat.reject, tempfail, drop or discard");
     luaL_setmetatable(L, FILTER_MT);
     return 1;
 }
