@@ -25,7 +25,8 @@
  * It replaced a Lua matcher with the same indexes less the 3-byte runs
  * (2026-12: 3-4x faster); lua/moat/banned.lua keeps the file format, the
  * escapes and the error messages.  A set's memory is malloc'd, outside the
- * Lua state's memory_mb ceiling: about 100 bytes a pattern. */
+ * Lua state's memory_mb ceiling: a few hundred bytes a pattern, plus 16 KB
+ * of bitmaps. */
 #include "lineset.h"
 
 #include <lauxlib.h>
