@@ -268,7 +268,19 @@ function P.mail_from(s, addr)
     end
     return
   end
-  return verify_domain(raw, domain)
+  -- A domain verified once is not asked again in the same session: a
+  -- client sending many messages from one domain costs one lookup, not one
+  -- a message.  Refusals and "try later" are not remembered.
+  local key = domain:lower()
+  local verified = s.vars.return_path_verified
+  if verified and verified[key] then return end
+  local v = verify_domain(raw, domain)
+  if v == nil then
+    verified = verified or {}
+    verified[key] = true
+    s.vars.return_path_verified = verified
+  end
+  return v
 end
 
 function P.helo(s, name)

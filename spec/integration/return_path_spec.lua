@@ -102,6 +102,27 @@ describe("return_path policy (integration)", function()
     assert.equal(250, (mail_from(srv, "u@v6mx.example")))
   end)
 
+  it("verifies a domain once per session: the next transactions from it ask no DNS; a new session asks again", function()
+    local function session(froms)
+      local c = H.client(srv.port, { source = STRANGER })
+      assert.equal(250, (c:ehlo("host.example")))
+      local codes = {}
+      for _, f in ipairs(froms) do
+        codes[#codes + 1] = (c:cmd("MAIL FROM:<" .. f .. ">"))
+        c:cmd("RSET")
+      end
+      c:cmd("QUIT")
+      c:close()
+      return codes
+    end
+    assert.same({ 250, 250, 250, 550, 550 },
+                session { "a@good.example", "b@GOOD.example", "c@good.example", "x@fake.example", "y@fake.example" })
+    assert.equal(1, dns:asked("good.example", "MX"), "good.example verified once in the session")
+    assert.equal(2, dns:asked("fake.example", "MX"), "a refusal is not remembered")
+    assert.same({ 250 }, session { "d@good.example" })
+    assert.equal(2, dns:asked("good.example", "MX"), "a new session verifies again")
+  end)
+
   it("accepts a domain without MX that has an A or AAAA record", function()
     assert.equal(250, (mail_from(srv, "u@aonly.example")))
     assert.equal(250, (mail_from(srv, "u@v6only.example")))
