@@ -62,15 +62,23 @@ struct multimap {
     size_t mask;                 /* slots - 1, a power of two minus one */
 };
 
+/* Keys looked up at offsets of the line: a multimap behind a bitmap of
+ * BITMAP_BITS bits that says "no such key" for most offsets. */
+struct probed {
+    struct multimap map;
+    uint64_t *bits;
+    int width;                   /* key bytes: 4 (grams) or 3 */
+    size_t step;                 /* offsets probed: every step-th */
+};
+
 struct lineset {
     struct pattern *pat;
     size_t npat;
     struct piece *pieces;
     size_t npieces;
     unsigned char *arena;        /* every pattern's bytes */
-    struct multimap exact, grams, prefix, suffix, tri;
-    uint64_t *gram_bits;         /* BITMAP_BITS-bit filter of the gram keys */
-    uint64_t *tri_bits;          /* the same for the 3-byte keys */
+    struct multimap exact, prefix, suffix;
+    struct probed grams, tri;    /* 4-byte keys every 4 bytes; 3-byte keys everywhere */
     uint32_t prefix_lens[64], suffix_lens[64];   /* distinct lengths, ascending */
     int nprefix_lens, nsuffix_lens;
     uint32_t *scan;              /* patterns with short pieces only */
@@ -118,6 +126,11 @@ static uint32_t load32(const unsigned char *p)
     uint32_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+static uint32_t load24(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
 }
 
 static int mm_add(struct multimap *m, uint64_t key, uint32_t id)
@@ -226,32 +239,15 @@ static int confirm(struct lineset *s, const struct multimap *m, const struct slo
     return -1;
 }
 
-static int probe_grams(struct lineset *s, const unsigned char *line, size_t len)
+static int probe(struct lineset *s, const struct probed *pr, const unsigned char *line, size_t len)
 {
-    for (size_t p = 0; p + GRAM <= len; p += STEP) {
-        uint32_t g = load32(line + p);
-        uint32_t b = bit_of(g);
-        if (!(s->gram_bits[b >> 6] >> (b & 63) & 1))
-            continue;
-        const struct slot *sl = mm_find(&s->grams, g);
-        int hit = sl ? confirm(s, &s->grams, sl, line, len) : -1;
-        if (hit >= 0)
-            return hit;
-    }
-    return -1;
-}
-
-/* Patterns whose pieces are all shorter than a window, but one has 3 bytes
- * or more: one 3-byte key each, probed at every offset of the line. */
-static int probe_tri(struct lineset *s, const unsigned char *line, size_t len)
-{
-    for (size_t p = 0; p + 3 <= len; p++) {
-        uint32_t k = (uint32_t)line[p] | (uint32_t)line[p + 1] << 8 | (uint32_t)line[p + 2] << 16;
+    for (size_t p = 0; p + (size_t)pr->width <= len; p += pr->step) {
+        uint32_t k = pr->width == 4 ? load32(line + p) : load24(line + p);
         uint32_t b = bit_of(k);
-        if (!(s->tri_bits[b >> 6] >> (b & 63) & 1))
+        if (!(pr->bits[b >> 6] >> (b & 63) & 1))
             continue;
-        const struct slot *sl = mm_find(&s->tri, k);
-        int hit = sl ? confirm(s, &s->tri, sl, line, len) : -1;
+        const struct slot *sl = mm_find(&pr->map, k);
+        int hit = sl ? confirm(s, &pr->map, sl, line, len) : -1;
         if (hit >= 0)
             return hit;
     }
@@ -270,10 +266,10 @@ int lineset_match(struct lineset *s, const char *text, size_t len)
     }
     const struct slot *sl = mm_find(&s->exact, hash_bytes(line, len));
     int hit = sl ? confirm(s, &s->exact, sl, line, len) : -1;
-    if (hit < 0 && s->grams.n)
-        hit = probe_grams(s, line, len);
-    if (hit < 0 && s->tri.n)
-        hit = probe_tri(s, line, len);
+    if (hit < 0 && s->grams.map.n)
+        hit = probe(s, &s->grams, line, len);
+    if (hit < 0 && s->tri.map.n)   /* only short pieces, one of 3+ bytes */
+        hit = probe(s, &s->tri, line, len);
     for (int i = 0; hit < 0 && i < s->nprefix_lens && s->prefix_lens[i] <= len; i++) {
         sl = mm_find(&s->prefix, hash_bytes(line, s->prefix_lens[i]));
         hit = sl ? confirm(s, &s->prefix, sl, line, len) : -1;
@@ -403,7 +399,7 @@ static int index_pattern(struct lineset *s, uint32_t id, int header, struct coun
         for (int j = 0; j < STEP; j++) {
             uint32_t g = load32(p->text + w + j);
             (*count_slot(uses, g))++;
-            if (mm_add(&s->grams, g, id) < 0)
+            if (mm_add(&s->grams.map, g, id) < 0)
                 return -1;
         }
         return 0;
@@ -414,17 +410,32 @@ static int index_pattern(struct lineset *s, uint32_t id, int header, struct coun
     if (last->len && add_length(s->suffix_lens, &s->nsuffix_lens, last->len) == 0)
         return mm_add(&s->suffix, hash_bytes(p->text + last->off, last->len), id);
     long k = best_tri(p->text, pc, p->npieces);
-    if (k >= 0) {
-        const unsigned char *t = p->text + k;
-        return mm_add(&s->tri, (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16, id);
-    }
+    if (k >= 0)
+        return mm_add(&s->tri.map, load24(p->text + k), id);
     s->scan[s->nscan++] = id;
+    return 0;
+}
+
+static int probed_finish(struct probed *pr)
+{
+    if (mm_finish(&pr->map) < 0)
+        return -1;
+    for (size_t i = 0; i < pr->map.n; i++) {
+        uint32_t b = bit_of((uint32_t)pr->map.e[i].key);
+        pr->bits[b >> 6] |= 1ull << (b & 63);
+    }
     return 0;
 }
 
 struct lineset *lineset_new(const char *const *pats, const size_t *lens, size_t n, int header)
 {
     struct lineset *s = calloc(1, sizeof *s);
+    if (s) {
+        s->grams.width = GRAM;
+        s->grams.step = STEP;
+        s->tri.width = 3;
+        s->tri.step = 1;
+    }
     size_t bytes = 0, npieces = 0;
     for (size_t i = 0; i < n; i++) {
         bytes += lens[i];
@@ -439,8 +450,8 @@ struct lineset *lineset_new(const char *const *pats, const size_t *lens, size_t 
     uses.mask = csize - 1;
     if (!s || !(s->pat = calloc(n + 1, sizeof *s->pat)) || !(s->pieces = calloc(npieces + 1, sizeof *s->pieces)) ||
         !(s->arena = malloc(bytes + 1)) || !(s->scan = calloc(n + 1, sizeof *s->scan)) ||
-        !(s->gram_bits = calloc((1u << BITMAP_BITS) / 64, sizeof *s->gram_bits)) ||
-        !(s->tri_bits = calloc((1u << BITMAP_BITS) / 64, sizeof *s->tri_bits)) ||
+        !(s->grams.bits = calloc((1u << BITMAP_BITS) / 64, sizeof *s->grams.bits)) ||
+        !(s->tri.bits = calloc((1u << BITMAP_BITS) / 64, sizeof *s->tri.bits)) ||
         !(uses.keys = calloc(csize, sizeof *uses.keys)) || !(uses.n = calloc(csize, sizeof *uses.n)))
         goto fail;
     unsigned char *at = s->arena;
@@ -462,17 +473,9 @@ struct lineset *lineset_new(const char *const *pats, const size_t *lens, size_t 
         if (index_pattern(s, (uint32_t)i, header, &uses) < 0)
             goto fail;
     }
-    if (mm_finish(&s->exact) < 0 || mm_finish(&s->grams) < 0 || mm_finish(&s->prefix) < 0 ||
-        mm_finish(&s->suffix) < 0 || mm_finish(&s->tri) < 0)
+    if (mm_finish(&s->exact) < 0 || mm_finish(&s->prefix) < 0 || mm_finish(&s->suffix) < 0 ||
+        probed_finish(&s->grams) < 0 || probed_finish(&s->tri) < 0)
         goto fail;
-    for (size_t i = 0; i < s->grams.n; i++) {
-        uint32_t b = bit_of((uint32_t)s->grams.e[i].key);
-        s->gram_bits[b >> 6] |= 1ull << (b & 63);
-    }
-    for (size_t i = 0; i < s->tri.n; i++) {
-        uint32_t b = bit_of((uint32_t)s->tri.e[i].key);
-        s->tri_bits[b >> 6] |= 1ull << (b & 63);
-    }
     free(uses.keys);
     free(uses.n);
     return s;
@@ -488,12 +491,12 @@ void lineset_free(struct lineset *s)
     if (!s)
         return;
     mm_free(&s->exact);
-    mm_free(&s->grams);
+    mm_free(&s->grams.map);
     mm_free(&s->prefix);
     mm_free(&s->suffix);
-    mm_free(&s->tri);
-    free(s->gram_bits);
-    free(s->tri_bits);
+    mm_free(&s->tri.map);
+    free(s->grams.bits);
+    free(s->tri.bits);
     free(s->scan);
     free(s->arena);
     free(s->pieces);
@@ -504,10 +507,10 @@ void lineset_free(struct lineset *s)
 void lineset_stats(const struct lineset *s, size_t out[6])
 {
     out[0] = s->exact.n;
-    out[1] = s->grams.n / STEP;
+    out[1] = s->grams.map.n / STEP;
     out[2] = s->prefix.n;
     out[3] = s->suffix.n;
-    out[4] = s->nscan + s->tri.n;
+    out[4] = s->nscan + s->tri.map.n;
     out[5] = s->confirms;
 }
 
