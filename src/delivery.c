@@ -602,9 +602,12 @@ static void resolve(struct attempt *a, const char *host, int mx)
         start_attempt(a);
         return;
     }
+    int started;
     if (mx)
-        a->dnsq = dns_query_start(R.dns, host, DNS_MX, resolved_mx, a);
-    if (!(mx ? a->dnsq != NULL : lookup_host(a, host, DNS_A))) {
+        started = (a->dnsq = dns_query_start(R.dns, host, DNS_MX, resolved_mx, a)) != NULL;
+    else
+        started = lookup_host(a, host, DNS_A);
+    if (!started) {
         fail_rest(a, 451, "451 4.4.3 DNS lookup failed, will retry");
         finish_attempt(a);
     }
