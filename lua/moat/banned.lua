@@ -30,10 +30,10 @@
 --
 -- Speed: the matching is in C (src/lineset.c, require "moat.lineset"): a
 -- set never loops over all its patterns for a line.  Exact lines are hashed,
--- a wildcard pattern is indexed by a rare 7-byte window of its longest
--- pieces (probed every 4 bytes of a line), by its first or last piece, or,
--- with short pieces only, scanned for; every candidate is confirmed by the
--- full match.
+-- a wildcard pattern is indexed by a rare 7-byte window of its pieces
+-- (probed every 4 bytes of a line), by its first or last piece, by a rare
+-- 3-byte run, or (one- and two-byte pieces only) matched in full; every
+-- candidate is confirmed by the full match.
 local lineset = require "moat.lineset"
 
 local M = {}
