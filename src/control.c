@@ -82,7 +82,7 @@ static void cmd_unblock(const char *ip, struct evbuffer *out)
 
 static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
 {
-    char *arg = strchr(line, ' ');
+    char *arg = strpbrk(line, " \t");   /* moatctl uses tabs when an argument has spaces */
     if (arg)
         *arg++ = '\0';
     if (strcmp(line, "stats") == 0) {

@@ -136,8 +136,9 @@ local function ip_dotted(ip)
     if ip.family == 4 then return table.concat(ip.bytes, ".") end
     local n = {}
     for _, b in ipairs(ip.bytes) do
-        n[#n + 1] = string.format("%x", b >> 4)
-        n[#n + 1] = string.format("%x", b & 15)
+        -- upper case, as the OpenSPF suite's explanations expect (DNS does not care)
+        n[#n + 1] = string.format("%X", b >> 4)
+        n[#n + 1] = string.format("%X", b & 15)
     end
     return table.concat(n, ".")
 end
@@ -246,6 +247,7 @@ function M.parse(record)
             if not mech then return nil, "bad term " .. term end
             mech = mech:lower()
             if not MECHS[mech] then return nil, "unknown mechanism " .. mech end
+            if sep == "" and arg ~= "" then return nil, "bad term " .. term end
             local t = { q = q == "" and "+" or q, mech = mech }
             if mech == "all" then
                 if sep ~= "" then return nil, "all takes no argument" end
@@ -373,9 +375,15 @@ function expand(ctx, s, exp)
     return table.concat(out)
 end
 
+-- The name a domain-spec stands for, or nil when it is no valid name (an
+-- empty or over-long label): the caller's permerror.
 local function target_name(ctx, spec)
     if not spec then return ctx.domain end
-    return truncate_name(expand(ctx, spec, false))
+    local name = truncate_name(expand(ctx, spec, false))
+    for label in (name .. "."):gmatch("([^%.]*)%.") do
+        if label == "" or #label > 63 then return nil end
+    end
+    return name
 end
 
 -- ---- DNS ----------------------------------------------------------------------
@@ -482,8 +490,9 @@ local function mech_match(st, ctx, t)
     if m == "ip4" then return ctx.ip.family == 4 and in_net(ctx.ip.bytes, t.net, t.bits) end
     if m == "ip6" then return ctx.ip.family == 6 and in_net(ctx.ip.bytes, t.net, t.bits) end
     if not st:count_term() then return nil, "permerror" end
+    local name = target_name(ctx, t.domain)
+    if not name then return nil, "permerror" end
     if m == "include" then
-        local name = target_name(ctx, t.domain)
         local r = check(st, ctx, name, true)
         if r == "pass" then return true end
         if r == "fail" or r == "softfail" or r == "neutral" then return false end
@@ -493,13 +502,13 @@ local function mech_match(st, ctx, t)
     local qtype = ctx.ip.family == 4 and "A" or "AAAA"
     local bits = ctx.ip.family == 4 and t.b4 or t.b6
     if m == "a" then
-        local ans = st:lookup(target_name(ctx, t.domain), qtype)
+        local ans = st:lookup(name, qtype)
         if not ans then return nil, "temperror" end
         if #ans == 0 and not st:void() then return nil, "permerror" end
         return addr_matches(ctx, ans, bits)
     end
     if m == "mx" then
-        local mxs = st:lookup(target_name(ctx, t.domain), "MX")
+        local mxs = st:lookup(name, "MX")
         if not mxs then return nil, "temperror" end
         if #mxs == 0 and not st:void() then return nil, "permerror" end
         if #mxs > MAX_NAMES then return nil, "permerror" end
@@ -515,7 +524,7 @@ local function mech_match(st, ctx, t)
         return false
     end
     if m == "ptr" then
-        local target = target_name(ctx, t.domain)
+        local target = name
         for _, n in ipairs(st:validated_names(ctx)) do
             local ln, lt = n:lower():gsub("%.$", ""), target:lower():gsub("%.$", "")
             if ln == lt or ln:sub(-(#lt + 1)) == "." .. lt then return true end
@@ -523,7 +532,7 @@ local function mech_match(st, ctx, t)
         return false
     end
     if m == "exists" then
-        local ans = st:lookup(target_name(ctx, t.domain), "A")
+        local ans = st:lookup(name, "A")
         if not ans then return nil, "temperror" end
         if #ans == 0 and not st:void() then return nil, "permerror" end
         return #ans > 0
@@ -533,8 +542,8 @@ end
 
 local function explanation(st, ctx, rec)
     if rec.exp then
-        local ok, name = pcall(target_name, ctx, rec.exp)
-        local txt = ok and st:lookup(name, "TXT")
+        local name = target_name(ctx, rec.exp)
+        local txt = name and st:lookup(name, "TXT")
         if txt and #txt == 1 and valid_macro_string(txt[1], true) then
             local text = expand(ctx, txt[1], true)
             if text:match("^[\32-\126]*$") then return text end
@@ -568,6 +577,7 @@ function check(st, ctx, domain, nested)
     if rec.redirect then
         if not st:count_term() then st.depth = st.depth - 1 return "permerror" end
         local name = target_name(c, rec.redirect)
+        if not name then st.depth = st.depth - 1 return "permerror" end
         local r, expl = check(st, ctx, name, nested)
         if r == "none" then r = "permerror" end
         st.depth = st.depth - 1
@@ -604,10 +614,13 @@ end
 -- `moatctl spf IP SENDER [HELO]`: one line, the result and for fail the
 -- explanation.  SENDER may be "" (quoted by the shell: arrives as '""').
 function M.control(arg)
-    -- moatctl joins its arguments with one space: an empty SENDER shows
-    -- up as two spaces in a row, so split on single spaces.
+    -- moatctl joins its arguments with a tab when one of them holds a
+    -- space ("Macro Error"@x, a HELO of two words), else with one space; an
+    -- empty SENDER shows up as two separators in a row.
+    local sep = arg and arg:find("\t", 1, true) and "\t" or " "
     local words = {}
-    for w in ((arg or "") .. " "):gmatch("([^ ]*) ") do words[#words + 1] = w end
+    for w in ((arg or "") .. sep):gmatch("([^" .. sep .. "]*)" .. sep) do words[#words + 1] = w end
+    if #words > 3 then return "error: usage: spf IP SENDER [HELO]" end
     local ip, sender, helo = words[1], words[2], words[3]
     if not ip or ip == "" or not sender then return "error: usage: spf IP SENDER [HELO]" end
     if sender == '""' or sender == "<>" then sender = "" end

@@ -10,8 +10,9 @@ A, AAAA, MX, PTR, TXT (several strings per record allowed), CNAME (followed
 inside the zone, as a recursive resolver would), type SPF (99) served as
 type 99 only, and TIMEOUT (the name never gets an answer).  A name with no
 records is NXDOMAIN unless some name lies under it (then NOERROR, no data).
-As the suite's header asks of drivers, outside "Selecting records" a name
-whose only SPF policy is a type SPF record also gets it as TXT.
+As the suite's header asks of drivers, a name with type SPF records and no
+TXT entry also serves them as TXT; "TXT: NONE" means no TXT at all.
+TIMEOUT applies to the types the name has no records of.
 It prints "ready" once bound.
 """
 import json
@@ -74,7 +75,6 @@ def rdata(typ, v):
 
 def zone_of(doc):
     zone = {}
-    dup_spf = doc.get('description') != 'Selecting records'
     for name, rrs in (doc.get('zonedata') or {}).items():
         recs = []
         for rr in rrs or []:
@@ -83,8 +83,10 @@ def zone_of(doc):
             else:
                 for k, v in rr.items():
                     recs.append((k, v))
-        if dup_spf and not any(k == 'TXT' for k, _ in recs):
+        if not any(k == 'TXT' for k, _ in recs):
             recs += [('TXT', v) for k, v in recs if k == 'SPF']
+        # "TXT: NONE" says "no TXT here" (so no copy of the SPF records either)
+        recs = [(k, v) for k, v in recs if not (k == 'TXT' and v == 'NONE')]
         zone[name.lower().rstrip('.')] = recs
     return zone
 
@@ -114,8 +116,9 @@ def answer(zone, q):
             if not answers and not any(k.endswith('.' + cur) for k in zone):
                 rcode = 3
             break
-        if any(k == 'TIMEOUT' for k, _ in recs):
-            return None
+        has_type = any(TYPES.get(k) == qtype for k, _ in recs)
+        if not has_type and any(k == 'TIMEOUT' for k, _ in recs):
+            return None   # TIMEOUT stands for every type the name has no data of
         cn = [v for k, v in recs if k == 'CNAME']
         if cn and qtype != TYPES['CNAME'] and cur not in seen and len(seen) < 8:
             seen.add(cur)
@@ -128,7 +131,8 @@ def answer(zone, q):
         break
     out = struct.pack('!HHHHHH', qid, 0x8400 | rcode | (flags & 0x0100), 1, len(answers), 0, 0) + question
     for n, t, rd in answers:
-        out += enc_name(n) + struct.pack('!HHIH', t, 1, 0, len(rd)) + rd
+        owner = b'\xc0\x0c' if n == name else enc_name(n)   # compressed: the question's name
+        out += owner + struct.pack('!HHIH', t, 1, 0, len(rd)) + rd
     if len(out) > 512:   # the suite's answers are small; keep UDP honest anyway
         out = struct.pack('!HHHHHH', qid, 0x8600 | rcode, 1, 0, 0, 0) + question
     return out
