@@ -71,6 +71,7 @@ describe("moat --replay", function()
   it("prints each command, the live reply and the policy that rejected at RCPT; stores nothing, listens nowhere", function()
     local rc, out, err, dir, vars = replay({ policies = { "relay" } }, SESSION)
     assert.are.equal(0, rc, err)
+    assert.falsy(err:find("Sanitizer", 1, true) or err:find("runtime error", 1, true), err)
     assert.truthy(out:find("S: 220 mx.example.test", 1, true), out)
     -- helo= in the header stands for the EHLO the file does not have
     assert.truthy(out:find("C: EHLO mail.sender.example\nS: 250-mx.example.test", 1, true), out)
