@@ -24,6 +24,7 @@
 #include "watch.h"
 #include "delivery.h"
 #include "replay.h"
+#include "privdrop.h"
 
 struct server srv;
 
@@ -54,6 +55,8 @@ static const char *restart_only_change(const struct config *a, const struct conf
         return "spool_dir/spool_threads";
     if (!same_str(a->control_socket, b->control_socket))
         return "control_socket";
+    if (!same_str(a->user, b->user))
+        return "user";
     if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries)
         return "dns";
     if (!same_str(a->metrics_address, b->metrics_address) || a->metrics_port != b->metrics_port)
@@ -176,7 +179,12 @@ static int start(const char *path, char *err, size_t errlen)
         return -1;
     if (c->watch)
         watch_update(srv.rt);
-    return listeners_open(c, err, errlen);
+    if (listeners_open(c, err, errlen) != 0)
+        return -1;
+    /* Everything privileged is open; no client byte has been read yet (the
+     * event loop has not run).  The worker, spool and delivery threads
+     * already exist: glibc's setuid/setgroups change every thread's ids. */
+    return privdrop_apply(c, err, errlen);
 }
 
 int main(int argc, char **argv)
