@@ -23,6 +23,7 @@
 #include "stats.h"
 #include "watch.h"
 #include "delivery.h"
+#include "replay.h"
 #include "privdrop.h"
 #include "sdnotify.h"
 
@@ -30,9 +31,10 @@ struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --replay SESSION.smtp]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
-               "  --check     load the config, every table and every script; report the first error\n");
+               "  --check     load the config, every table and every script; report the first error\n"
+               "  --replay F  run the client session in F through the policies and print the replies\n");
 }
 
 static void apply_log_level(const struct config *c)
@@ -209,11 +211,14 @@ int main(int argc, char **argv)
 {
     const char *config = NULL;
     int check = 0;
+    const char *replay = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
             config = argv[++i];
         else if (strcmp(argv[i], "--check") == 0)
             check = 1;
+        else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
+            replay = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -228,6 +233,14 @@ int main(int argc, char **argv)
     }
     if (check)
         return check_only(config);
+    if (replay) {
+        signal(SIGPIPE, SIG_IGN);
+        evthread_use_pthreads();
+        srv.base = event_base_new();
+        int r = replay_run(config, replay);
+        event_base_free(srv.base);
+        return r;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
