@@ -271,18 +271,14 @@ function M.parse(record)
                     t.domain = spec
                 end
                 t.b4, t.b6 = b4, b6
-            elseif mech == "ip4" then
-                if sep ~= ":" then return nil, "ip4 needs an address" end
+            elseif mech == "ip4" or mech == "ip6" then
+                local parse_ip, max = parse_ip4, 32
+                if mech == "ip6" then parse_ip, max = parse_ip6, 128 end
+                if sep ~= ":" then return nil, mech .. " needs an address" end
                 local addr, bits = arg:match("^([^/]*)/?(.*)$")
-                if arg:find("/", 1, true) and bits == "" then return nil, "bad ip4 prefix" end
-                t.net, t.bits = parse_ip4(addr), parse_cidr(bits, 32)
-                if not t.net or not t.bits then return nil, "bad ip4 " .. arg end
-            elseif mech == "ip6" then
-                if sep ~= ":" then return nil, "ip6 needs an address" end
-                local addr, bits = arg:match("^([^/]*)/?(.*)$")
-                if arg:find("/", 1, true) and bits == "" then return nil, "bad ip6 prefix" end
-                t.net, t.bits = parse_ip6(addr), parse_cidr(bits, 128)
-                if not t.net or not t.bits then return nil, "bad ip6 " .. arg end
+                if arg:find("/", 1, true) and bits == "" then return nil, "bad " .. mech .. " prefix" end
+                t.net, t.bits = parse_ip(addr), parse_cidr(bits, max)
+                if not t.net or not t.bits then return nil, "bad " .. mech .. " " .. arg end
             end
             terms[#terms + 1] = t
         end
