@@ -440,6 +440,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->spool_syncfs = strcmp(sync, "syncfs") == 0;
     free(sync);
     c->control_socket = get_str(L, "control_socket", NULL);
+    c->user = get_str(L, "user", "moat");
     c->log_level = get_str(L, "log_level", "info");
     lua_getfield(L, -1, "watch");
     c->watch = lua_toboolean(L, -1);
@@ -496,6 +497,7 @@ void config_free(struct config *c)
     free(c->local_domains);
     free(c->spool_dir);
     free(c->control_socket);
+    free(c->user);
     free(c->dns_servers);
     free(c->log_level);
     free(c->metrics_address);

@@ -23,14 +23,17 @@
 #include "stats.h"
 #include "watch.h"
 #include "delivery.h"
+#include "replay.h"
+#include "privdrop.h"
 
 struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --replay SESSION.smtp]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
-               "  --check     load the config, every table and every script; report the first error\n");
+               "  --check     load the config, every table and every script; report the first error\n"
+               "  --replay F  run the client session in F through the policies and print the replies\n");
 }
 
 static void apply_log_level(const struct config *c)
@@ -52,6 +55,8 @@ static const char *restart_only_change(const struct config *a, const struct conf
         return "spool_dir/spool_threads";
     if (!same_str(a->control_socket, b->control_socket))
         return "control_socket";
+    if (!same_str(a->user, b->user))
+        return "user";
     if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries)
         return "dns";
     if (!same_str(a->metrics_address, b->metrics_address) || a->metrics_port != b->metrics_port)
@@ -174,18 +179,26 @@ static int start(const char *path, char *err, size_t errlen)
         return -1;
     if (c->watch)
         watch_update(srv.rt);
-    return listeners_open(c, err, errlen);
+    if (listeners_open(c, err, errlen) != 0)
+        return -1;
+    /* Everything privileged is open; no client byte has been read yet (the
+     * event loop has not run).  The worker, spool and delivery threads
+     * already exist: glibc's setuid/setgroups change every thread's ids. */
+    return privdrop_apply(c, err, errlen);
 }
 
 int main(int argc, char **argv)
 {
     const char *config = NULL;
     int check = 0;
+    const char *replay = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
             config = argv[++i];
         else if (strcmp(argv[i], "--check") == 0)
             check = 1;
+        else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
+            replay = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -200,6 +213,14 @@ int main(int argc, char **argv)
     }
     if (check)
         return check_only(config);
+    if (replay) {
+        signal(SIGPIPE, SIG_IGN);
+        evthread_use_pthreads();
+        srv.base = event_base_new();
+        int r = replay_run(config, replay);
+        event_base_free(srv.base);
+        return r;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();

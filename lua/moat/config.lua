@@ -140,6 +140,11 @@ local settings = {
     return v
   end,
   control_socket = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
+  user = function(n, v)
+    check_type(n, v, "string")
+    if v == "" then fail(n .. ": expected a user name") end
+    return v
+  end,
   log_level = function(n, v)
     if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
       fail(n .. ": expected \"debug\", \"info\", \"warn\" or \"error\"")
