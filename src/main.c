@@ -25,6 +25,7 @@
 #include "delivery.h"
 #include "replay.h"
 #include "privdrop.h"
+#include "sdnotify.h"
 
 struct server srv;
 
@@ -69,7 +70,24 @@ static const char *restart_only_change(const struct config *a, const struct conf
     return NULL;
 }
 
+/* READY=1 with the one-line summary systemctl status shows. */
+static void notify_ready(const char *note)
+{
+    sdnotify("READY=1\nSTATUS=%s: generation %lu, %d listener%s", note, srv.rt->generation,
+             srv.rt->cfg.nlisteners, srv.rt->cfg.nlisteners == 1 ? "" : "s");
+}
+
+static int reload(char *err, size_t errlen);
+
 int server_reload(char *err, size_t errlen)
+{
+    sdnotify_reloading();
+    int rc = reload(err, errlen);
+    notify_ready(rc == 0 ? "reloaded" : "reload failed, running");
+    return rc;
+}
+
+static int reload(char *err, size_t errlen)
 {
     struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
     const char *changed = rt ? restart_only_change(&srv.rt->cfg, &rt->cfg) : NULL;
@@ -120,6 +138,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     (void)arg;
     log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
     srv.stopping = 1;
+    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s", sig == SIGINT ? "INT" : "TERM");
     event_base_loopbreak(srv.base);
 }
 
@@ -148,6 +167,7 @@ static void raise_fd_limit(void)
 
 static int start(const char *path, char *err, size_t errlen)
 {
+    sdnotify_open();    /* while still root: the connected socket outlives the drop */
     srv.rt = runtime_load(path, err, errlen);
     if (!srv.rt)
         return -1;
@@ -240,6 +260,7 @@ int main(int argc, char **argv)
         event_add(term, NULL);
         event_add(intr, NULL);
         log_kv(LOG_INFO, "started", "config", config, NULL);
+        notify_ready("listening");   /* every socket listens: systemd may start what depends on us */
         event_base_dispatch(srv.base);
         event_free(hup);
         event_free(term);
@@ -261,5 +282,6 @@ int main(int argc, char **argv)
     stats_free();
     event_base_free(srv.base);
     log_kv(LOG_INFO, "stopped", NULL);
+    sdnotify_close();
     return rc;
 }

@@ -401,8 +401,11 @@ function M.start(opts)
   opts = opts or {}
   local dir, conf, vars = M.prepare(opts)
   local logfile = dir .. "/moat.log"
-  local cmd = ("MOAT_ROOT=%s exec %s -c %s </dev/null >%s 2>%s & echo $!"):format(
-    shquote(M.root), shquote(M.bin()), shquote(conf), shquote(dir .. "/stdout.log"), shquote(logfile))
+  -- opts.env = { NAME = value }: extra environment (e.g. NOTIFY_SOCKET)
+  local env = ""
+  for _, k in ipairs(sorted_keys(opts.env)) do env = env .. k .. "=" .. shquote(opts.env[k]) .. " " end
+  local cmd = ("MOAT_ROOT=%s %sexec %s -c %s </dev/null >%s 2>%s & echo $!"):format(
+    shquote(M.root), env, shquote(M.bin()), shquote(conf), shquote(dir .. "/stdout.log"), shquote(logfile))
   local p = assert(io.popen(cmd, "r"))
   local pid = tonumber(p:read("l"))
   p:close()
