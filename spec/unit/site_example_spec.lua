@@ -5,6 +5,19 @@
 -- README).
 local T = require "moat.test"
 
+-- Load a chain of one script given as source (written to a temporary file).
+local function load_source(src, opts)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(src)
+  f:close()
+  opts = opts or {}
+  opts.scripts = { path }
+  local chain, err = T.load(opts)
+  os.remove(path)
+  return chain, err
+end
+
 describe("conf/site.lua (the README's site-script example)", function()
   it("refuses noreply@ recipients with 550 5.1.1, and says it was site.lua", function()
     local chain = assert(T.load { scripts = { "conf/site.lua" } })
@@ -48,20 +61,13 @@ describe("conf/site.lua (the README's site-script example)", function()
   end)
 
   it("reports a script that does not load with file and line", function()
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write("local moat = require 'moat'\nreturn { rcpt = function(s, r) return moat.reject(550 end }\n")
-    f:close()
-    local chain, err = T.load { scripts = { path } }
-    os.remove(path)
+    local chain, err = load_source("local moat = require 'moat'\nreturn { rcpt = function(s, r) return moat.reject(550 end }\n")
     assert.is_nil(chain)
     assert.matches(":2: ", err)
   end)
 
   it("gives scripts canned DNS answers and address lists, and records the questions", function()
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write([[
+    local chain = assert(load_source([[
 local moat = require "moat"
 return {
   helo = function(s, name)
@@ -70,11 +76,7 @@ return {
     if not a then return moat.reject(550, "5.7.1 HELO name " .. name .. ": " .. err) end
   end,
 }
-]])
-    f:close()
-    local chain = assert(T.load { scripts = { path }, lists = { client_ips = { "10.0.0.1" } },
-                                  dns = { ["mx.good.example A"] = { "198.51.100.7" } } })
-    os.remove(path)
+]], { lists = { client_ips = { "10.0.0.1" } }, dns = { ["mx.good.example A"] = { "198.51.100.7" } } }))
     assert.equal("accept", chain:helo(chain:session { ip = "10.0.0.1" }, "anything").action)
     assert.is_nil(chain:helo(chain:session(), "mx.good.example"))
     local v = chain:helo(chain:session(), "bogus.example")
@@ -83,9 +85,7 @@ return {
   end)
 
   it("feeds a whole message through data_line and data_end", function()
-    local path = os.tmpname()
-    local f = assert(io.open(path, "w"))
-    f:write([[
+    local chain = assert(load_source([[
 local moat = require "moat"
 return {
   data_line = function(s, line, part)
@@ -93,10 +93,7 @@ return {
   end,
   data_end = function(s, msg) s:add_header("X-Size", tostring(msg.size)) end,
 }
-]])
-    f:close()
-    local chain = assert(T.load { scripts = { path } })
-    os.remove(path)
+]]))
     local s = chain:session()
     local v = chain:message(s, "From: a@b\nSubject: cheap\n  viagra\n\nhello\n")
     assert.equal(554, v.code)
