@@ -112,6 +112,7 @@ local socket_spec = {
     return v
   end,
   remote = function(n, v) return check_type(n, v, "string") end,
+  proxy = check_bool,
 }
 
 local listener_limits = {
@@ -183,6 +184,7 @@ local settings = {
   smtp = function(n, v) return check_record(n, v, smtp_spec) end,
   lua = function(n, v) return check_record(n, v, lua_spec) end,
   watch = check_bool,
+  proxy_from = function(n, v) return check_type(n, v, "string") end,   -- parsed as an address list in C
   delivery = function(n, v)
     if v == "spool" then return { mode = "spool" } end
     local d = check_record(n, v, {
