@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "debugrec.h"
 #include "dns.h"
 #include "iplist.h"
 #include "listener.h"
@@ -283,6 +284,7 @@ int replay_run(const char *config, const char *file)
     }
     printf("# replay of %s: ip=%s port=%d tls=%s\n", file, R.ip, R.port, R.tls ? "on" : "off");
     smtp_on_verdict = on_verdict;
+    debugrec_off = 1;            /* a replay writes no debug files either */
     R.bev = bufferevent_socket_new(srv.base, fds[1], BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(R.bev, on_read, NULL, on_event, NULL);
     bufferevent_enable(R.bev, EV_READ | EV_WRITE);

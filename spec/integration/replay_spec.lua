@@ -7,6 +7,24 @@ local lfs = require "lfs"
 
 local dirs = {}
 
+-- Replay a session file against an existing config.
+local function replay_file(conf, file)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = ("MOAT_ROOT=%s timeout 20 %s -c %s --replay %s >%s 2>%s; echo $?"):format(
+    H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(file), H.shquote(out), H.shquote(err))
+  local p = assert(io.popen(cmd, "r"))
+  local rc = tonumber(p:read("l"))
+  p:close()
+  local function slurp(f)
+    local h = io.open(f)
+    local t = h and h:read("a") or ""
+    if h then h:close() end
+    os.remove(f)
+    return t
+  end
+  return rc, slurp(out), slurp(err)
+end
+
 local function write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
@@ -20,20 +38,8 @@ local function replay(opts, session)
   local dir, conf, vars = H.prepare(opts)
   dirs[#dirs + 1] = dir
   write(dir .. "/session.smtp", session)
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("cd %s && MOAT_ROOT=%s timeout 20 %s -c %s --replay session.smtp >%s 2>%s; echo $?"):format(
-    H.shquote(dir), H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(out), H.shquote(err))
-  local p = assert(io.popen(cmd, "r"))
-  local rc = tonumber(p:read("l"))
-  p:close()
-  local function slurp(f)
-    local h = io.open(f)
-    local t = h and h:read("a") or ""
-    if h then h:close() end
-    os.remove(f)
-    return t
-  end
-  return rc, slurp(out), slurp(err), dir, vars
+  local rc, out, err = replay_file(conf, dir .. "/session.smtp")
+  return rc, out, err, dir, vars
 end
 
 -- The text that follows `first` (plain) in out: the next line.
@@ -125,5 +131,72 @@ C: QUIT
     rc, _, err = replay({}, "# ip=not-an-ip\nC: QUIT\n")
     assert.are_not.equal(0, rc)
     assert.truthy(err:find("ip=not-an-ip is not an address", 1, true), err)
+  end)
+
+  it("replays the file moat wrote for a debugged address's session", function()
+    local srv = H.start {
+      tag = "replay-debug", smtp = { max_errors = 50 },
+      extra = [[
+protection = {
+  temp_block = { failed_logins = { 50, 60 }, protocol_errors = { 50, 60 },
+                 debug_failed_logins = { 50, 60 }, debug_protocol_errors = { 1, 60 },
+                 block_time = 600, limit = 100 },
+}
+]],
+    }
+    local ip = "127.0.0.71"
+    local c = H.client(srv.port, { source = ip })
+    assert.equals(500, (c:cmd("BOGUS1")))
+    assert.equals(500, (c:cmd("BOGUS2")))        -- past the debug threshold
+    c:close()
+    srv:wait_log("event=debug_on session=%S+ ip=127%.0%.0%.71")
+    -- the next session of that address is written from its start
+    c = H.client(srv.port, { source = ip })
+    assert.equals(250, (c:ehlo("attacker.example")))
+    assert.equals(250, (c:cmd("MAIL FROM:<x@attacker.example>")))
+    assert.equals(550, (c:cmd("RCPT TO:<victim@elsewhere.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(354, (c:cmd("DATA")))
+    c:send("Subject: hi\r\n\r\n..dotted line\r\n.\r\n")
+    assert.equals(250, (c:read_reply()))
+    assert.equals(221, (c:cmd("QUIT")))
+    c:close()
+    local file
+    assert.truthy(H.poll(function()
+      for f in lfs.dir(srv.dir .. "/spool/debug") do
+        if f:match("%.smtp$") then
+          local h = io.open(srv.dir .. "/spool/debug/" .. f)
+          local t = h:read("a")
+          h:close()
+          if t:find("C: EHLO attacker.example", 1, true) and t:find("S: 221 ", 1, true) then file = srv.dir .. "/spool/debug/" .. f end
+        end
+      end
+      return file ~= nil
+    end, 5), "no debug session file")
+    local h = io.open(file)
+    local text = h:read("a")
+    h:close()
+    assert.truthy(text:find("# ip=127.0.0.71 port=%d+ tls=off\n"), text)
+    assert.truthy(text:find("C: RCPT TO:<victim@elsewhere.example>\nS: 550 5.7.1 <victim@elsewhere.example>: relaying denied\n", 1, true), text)
+    assert.truthy(text:find("C: ..dotted line\nC: .\nS: 250 2.0.0 Ok: queued as", 1, true), text)
+    -- the first session became debugged in its middle: written too, and says so
+    local mid = 0
+    for f in lfs.dir(srv.dir .. "/spool/debug") do
+      local hh = f:match("%.smtp$") and io.open(srv.dir .. "/spool/debug/" .. f)
+      if hh then
+        local t = hh:read("a")
+        hh:close()
+        if t:find("# debugging began during the session", 1, true) then mid = mid + 1 end
+      end
+    end
+    assert.are.equal(1, mid)
+    local rc, out, err = replay_file(srv.conf or (srv.dir .. "/moat.conf"), file)
+    assert.are.equal(0, rc, err)
+    assert.are.equal("S: 550 5.7.1 <victim@elsewhere.example>: relaying denied",
+                     line_after(out, "C: RCPT TO:<victim@elsewhere.example>"), out)
+    assert.are.equal("   (rcpt: policies/relay.lua)",
+                     line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
+    assert.truthy(out:find("S: 250 2.0.0 Ok: queued as", 1, true), out)
+    srv:stop()
   end)
 end)
