@@ -36,6 +36,10 @@ deps:
 	else echo "deps: missing packages; run:"; \
 	  echo "  echo 'postfix postfix/main_mailer_type select No configuration' | sudo debconf-set-selections"; \
 	  echo "  sudo apt-get install -y $$missing"; exit 1; fi
+	@# Started as root, moat runs as the user "moat" (README "Running in production").
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd moat >/dev/null; then \
+	  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin moat && \
+	  echo "deps: created system user moat"; fi
 
 deps-check:
 	@pkg-config --exists $(PKGS) || { echo "missing libraries: run 'make deps' (as root) first"; exit 1; }

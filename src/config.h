@@ -24,6 +24,7 @@ struct sock_conf {
     enum restrict_mode restrict_mode;
     iplist *remote;           /* grant/deny list, NULL with RESTRICT_NONE */
     char *remote_text;        /* as written, to tell whether a reload changed it */
+    int proxy;                /* proxy = true: a PROXY header precedes SMTP (§9) */
 };
 
 struct listener_conf {
@@ -73,6 +74,7 @@ struct config {
     int spool_threads;
     int spool_syncfs;         /* spool_sync = "syncfs" */
     char *control_socket;
+    char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;
     int dns_cache_size;       /* entries, 0 = no cache (and no query sharing) */
@@ -87,6 +89,8 @@ struct config {
 
     struct domain_conf *domains;
     int ndomains;
+
+    iplist *proxy_from;       /* who may send PROXY headers; NULL = not set */
 
     iplist *ip[T_NTABLES];    /* NULL when the table is not configured */
     char *accounts_path;      /* tables.accounts, NULL if not set */

@@ -24,14 +24,18 @@
 #include "stats.h"
 #include "watch.h"
 #include "delivery.h"
+#include "replay.h"
+#include "privdrop.h"
+#include "sdnotify.h"
 
 struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --replay SESSION.smtp]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
-               "  --check     load the config, every table and every script; report the first error\n");
+               "  --check     load the config, every table and every script; report the first error\n"
+               "  --replay F  run the client session in F through the policies and print the replies\n");
 }
 
 static void apply_log_level(const struct config *c)
@@ -53,6 +57,8 @@ static const char *restart_only_change(const struct config *a, const struct conf
         return "spool_dir/spool_threads";
     if (!same_str(a->control_socket, b->control_socket))
         return "control_socket";
+    if (!same_str(a->user, b->user))
+        return "user";
     if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries ||
         a->dns_cache_size != b->dns_cache_size || a->dns_cache_max_ttl != b->dns_cache_max_ttl)
         return "dns";
@@ -66,7 +72,24 @@ static const char *restart_only_change(const struct config *a, const struct conf
     return NULL;
 }
 
+/* READY=1 with the one-line summary systemctl status shows. */
+static void notify_ready(const char *note)
+{
+    sdnotify("READY=1\nSTATUS=%s: generation %lu, %d listener%s", note, srv.rt->generation,
+             srv.rt->cfg.nlisteners, srv.rt->cfg.nlisteners == 1 ? "" : "s");
+}
+
+static int reload(char *err, size_t errlen);
+
 int server_reload(char *err, size_t errlen)
+{
+    sdnotify_reloading();
+    int rc = reload(err, errlen);
+    notify_ready(rc == 0 ? "reloaded" : "reload failed, running");
+    return rc;
+}
+
+static int reload(char *err, size_t errlen)
 {
     struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
     const char *changed = rt ? restart_only_change(&srv.rt->cfg, &rt->cfg) : NULL;
@@ -117,6 +140,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
     (void)arg;
     log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
     srv.stopping = 1;
+    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s", sig == SIGINT ? "INT" : "TERM");
     event_base_loopbreak(srv.base);
 }
 
@@ -145,6 +169,7 @@ static void raise_fd_limit(void)
 
 static int start(const char *path, char *err, size_t errlen)
 {
+    sdnotify_open();    /* while still root: the connected socket outlives the drop */
     srv.rt = runtime_load(path, err, errlen);
     if (!srv.rt)
         return -1;
@@ -186,18 +211,26 @@ static int start(const char *path, char *err, size_t errlen)
         return -1;
     if (c->watch)
         watch_update(srv.rt);
-    return listeners_open(c, err, errlen);
+    if (listeners_open(c, err, errlen) != 0)
+        return -1;
+    /* Everything privileged is open; no client byte has been read yet (the
+     * event loop has not run).  The worker, spool and delivery threads
+     * already exist: glibc's setuid/setgroups change every thread's ids. */
+    return privdrop_apply(c, err, errlen);
 }
 
 int main(int argc, char **argv)
 {
     const char *config = NULL;
     int check = 0;
+    const char *replay = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
             config = argv[++i];
         else if (strcmp(argv[i], "--check") == 0)
             check = 1;
+        else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
+            replay = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -212,6 +245,14 @@ int main(int argc, char **argv)
     }
     if (check)
         return check_only(config);
+    if (replay) {
+        signal(SIGPIPE, SIG_IGN);
+        evthread_use_pthreads();
+        srv.base = event_base_new();
+        int r = replay_run(config, replay);
+        event_base_free(srv.base);
+        return r;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -231,6 +272,7 @@ int main(int argc, char **argv)
         event_add(term, NULL);
         event_add(intr, NULL);
         log_kv(LOG_INFO, "started", "config", config, NULL);
+        notify_ready("listening");   /* every socket listens: systemd may start what depends on us */
         event_base_dispatch(srv.base);
         event_free(hup);
         event_free(term);
@@ -253,5 +295,6 @@ int main(int argc, char **argv)
     stats_free();
     event_base_free(srv.base);
     log_kv(LOG_INFO, "stopped", NULL);
+    sdnotify_close();
     return rc;
 }

@@ -169,8 +169,13 @@ void protocol_error(struct session *s, const char *fmt, ...)
 /* Give a verdict from the chain as the reply; returns 1 if it answered. */
 static const char *action_name(const struct verdict *v);
 
+void (*smtp_on_verdict)(const char *phase, const char *policy, const char *action, int code);
+
 int reply_verdict(struct session *s, const struct verdict *v)
 {
+    if (v->action != V_NONE && smtp_on_verdict)
+        smtp_on_verdict(s->lb.phase < PH_COUNT ? phase_names[s->lb.phase] : "-",
+                        v->action == V_ERROR ? "error" : v->policy, action_name(v), v->code);
     if (v->action != V_NONE)
         stats_verdict(v->action == V_ERROR ? "error" : v->policy,
                       s->lb.phase < PH_COUNT ? phase_names[s->lb.phase] : "-", action_name(v), v->code);

@@ -10,6 +10,10 @@ struct listener_sock;
 void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen,
                       struct listener_sock *ls, const unsigned char key[16]);
 
+/* moat --replay: told of every verdict a hook chain gives, before the
+ * reply is sent (NULL in the daemon). */
+extern void (*smtp_on_verdict)(const char *phase, const char *policy, const char *action, int code);
+
 /* Sessions still open (for shutdown). */
 int smtp_sessions_open(void);
 

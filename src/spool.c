@@ -172,6 +172,8 @@ static void fail_batch(struct spool *sp, struct spool_job *batch, int e)
 static void commit_batch(struct spool *sp, struct spool_job *batch)
 {
     int ok = 0;
+    if (!sp->dir)
+        return;       /* a dry spool (--replay): every job "succeeds", nothing is written */
     for (struct spool_job *j = batch; j; j = j->next)
         if ((j->err = write_files(sp, j)) == 0)
             ok++;
@@ -364,14 +366,15 @@ struct spool *spool_open(struct event_base *base, const char *dir, int threads, 
 {
     struct spool *sp = calloc(1, sizeof *sp);
     sp->use_syncfs = use_syncfs;
-    sp->dir = strdup(dir);
+    sp->dir = dir ? strdup(dir) : NULL;
     sp->tmp_fd = sp->new_fd = sp->lock_fd = -1;
     sp->queue_tail = &sp->queue;
-    if (open_dirs(sp, err, errlen) != 0) {
+    if (dir && open_dirs(sp, err, errlen) != 0) {
         spool_close(sp);
         return NULL;
     }
-    clean_tmp(sp);
+    if (dir)
+        clean_tmp(sp);
     int p[2];
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));

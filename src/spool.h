@@ -19,7 +19,9 @@ struct spool_job;
 typedef void (*spool_done_cb)(void *arg, int err, double latency_ms);
 
 /* use_syncfs: make each batch durable with one syncfs(2) of the spool's
- * file system instead of an fsync per file (spool_sync = "syncfs"). */
+ * file system instead of an fsync per file (spool_sync = "syncfs").
+ * dir NULL: a dry spool (moat --replay) that completes every job at once
+ * and writes nothing. */
 struct spool *spool_open(struct event_base *base, const char *dir, int threads, int use_syncfs,
                          char *err, size_t errlen);
 /* Finish every queued job, then stop the threads. */

@@ -112,6 +112,7 @@ local socket_spec = {
     return v
   end,
   remote = function(n, v) return check_type(n, v, "string") end,
+  proxy = check_bool,
 }
 
 local listener_limits = {
@@ -139,6 +140,11 @@ local settings = {
     return v
   end,
   control_socket = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
+  user = function(n, v)
+    check_type(n, v, "string")
+    if v == "" then fail(n .. ": expected a user name") end
+    return v
+  end,
   log_level = function(n, v)
     if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then
       fail(n .. ": expected \"debug\", \"info\", \"warn\" or \"error\"")
@@ -180,6 +186,7 @@ local settings = {
   smtp = function(n, v) return check_record(n, v, smtp_spec) end,
   lua = function(n, v) return check_record(n, v, lua_spec) end,
   watch = check_bool,
+  proxy_from = function(n, v) return check_type(n, v, "string") end,   -- parsed as an address list in C
   delivery = function(n, v)
     if v == "spool" then return { mode = "spool" } end
     local d = check_record(n, v, {

@@ -34,11 +34,15 @@ M.root = repo_root()
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 M.shquote = shquote
 
+local root_cached
 function M.is_root()
-  local p = io.popen("id -u")
-  local uid = p and p:read("l")
-  if p then p:close() end
-  return uid == "0"
+  if root_cached == nil then
+    local p = io.popen("id -u")
+    local uid = p and p:read("l")
+    if p then p:close() end
+    root_cached = uid == "0"
+  end
+  return root_cached
 end
 
 -- Start `cmd` (a shell command line starting with exec) in the background; returns its pid.
@@ -243,6 +247,12 @@ function M.prepare(opts)
   vars.PORT = opts.port or M.free_port(opts.any_address)
   for i = 1, (opts.ports or 0) do vars["PORT" .. i] = M.free_port() end
   local conf = opts.config or default_config(opts)
+  -- Started as root, moat drops to `user` (default "moat"); the specs run as
+  -- root in CI and want the daemon they always had, so they stay root unless
+  -- the config names a user itself (privileges_spec does).
+  if M.is_root() and not (("\n" .. conf):find("\nuser%s*=")) then
+    conf = conf .. (conf:sub(-1) == "\n" and "" or "\n") .. 'user = "root"\n'
+  end
   local path = dir .. "/" .. (opts.config_name or "moat.conf")
   write_file(path, expand(conf, vars))
   for _, name in ipairs(sorted_keys(opts.files)) do
@@ -391,8 +401,11 @@ function M.start(opts)
   opts = opts or {}
   local dir, conf, vars = M.prepare(opts)
   local logfile = dir .. "/moat.log"
-  local cmd = ("MOAT_ROOT=%s exec %s -c %s </dev/null >%s 2>%s & echo $!"):format(
-    shquote(M.root), shquote(M.bin()), shquote(conf), shquote(dir .. "/stdout.log"), shquote(logfile))
+  -- opts.env = { NAME = value }: extra environment (e.g. NOTIFY_SOCKET)
+  local env = ""
+  for _, k in ipairs(sorted_keys(opts.env)) do env = env .. k .. "=" .. shquote(opts.env[k]) .. " " end
+  local cmd = ("MOAT_ROOT=%s %sexec %s -c %s </dev/null >%s 2>%s & echo $!"):format(
+    shquote(M.root), env, shquote(M.bin()), shquote(conf), shquote(dir .. "/stdout.log"), shquote(logfile))
   local p = assert(io.popen(cmd, "r"))
   local pid = tonumber(p:read("l"))
   p:close()
