@@ -711,14 +711,6 @@ static int qtype(enum dns_type t)
     return -1;
 }
 
-static uint32_t key_hash(const char *name, enum dns_type type)
-{
-    uint32_t h = 2166136261u;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        h = (h ^ (unsigned char)((*p >= 'A' && *p <= 'Z') ? *p + 32 : *p)) * 16777619u;
-    return (h ^ (uint32_t)type) * 16777619u;
-}
-
 static struct dns_lookup *pending_find(dns *d, const char *name, enum dns_type type, uint32_t h)
 {
     for (struct dns_lookup *l = d->pending[h % PENDING_BUCKETS]; l; l = l->hnext)
@@ -746,7 +738,7 @@ dns_query *dns_query_start(dns *d, const char *name, enum dns_type type, dns_cb 
             ready_push(d, q, status, ans); /* from the loop, as a real answer would */
             return q;
         }
-        uint32_t h = key_hash(name, type);
+        uint32_t h = dnscache_key_hash(name, type);
         struct dns_lookup *l = pending_find(d, name, type, h);
         if (l) {
             dnscache_count_join(d->cache);
@@ -767,7 +759,7 @@ dns_query *dns_query_start(dns *d, const char *name, enum dns_type type, dns_cb 
     l->waiters = q;
     if (d->cache) {
         dnscache_count_miss(d->cache);
-        l->hash = key_hash(name, type);
+        l->hash = dnscache_key_hash(name, type);
         l->shared = 1;
         l->hnext = d->pending[l->hash % PENDING_BUCKETS];
         d->pending[l->hash % PENDING_BUCKETS] = l;

@@ -43,7 +43,7 @@ static int64_t now_ms(void)
 }
 
 /* FNV-1a over the lower-cased name and the type. */
-static uint32_t hash_key(const char *name, enum dns_type type)
+uint32_t dnscache_key_hash(const char *name, enum dns_type type)
 {
     uint32_t h = 2166136261u;
     for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
@@ -189,7 +189,7 @@ int dnscache_get(dnscache *c, const char *name, enum dns_type type, int *status,
     if (!c)
         return 0;
     maybe_flush(c);
-    uint32_t h = hash_key(name, type);
+    uint32_t h = dnscache_key_hash(name, type);
     struct entry *e = find(c, name, type, h);
     if (!e)
         return 0;
@@ -221,7 +221,7 @@ void dnscache_put(dnscache *c, const char *name, enum dns_type type, int status,
         ttl = c->max_ttl;
     if (ttl == 0)
         return;
-    uint32_t h = hash_key(name, type);
+    uint32_t h = dnscache_key_hash(name, type);
     struct entry *old = find(c, name, type, h);
     if (old)
         remove_entry(c, old);

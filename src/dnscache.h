@@ -15,6 +15,7 @@
 #define MOAT_DNSCACHE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "dns.h"
 
@@ -49,6 +50,10 @@ struct dnscache_stats { unsigned long hits, misses, joined, entries; };
 void dnscache_count_miss(dnscache *c);
 void dnscache_count_join(dnscache *c);
 void dnscache_get_stats(const dnscache *c, struct dnscache_stats *out);
+
+/* The key's hash (FNV-1a of the lower-cased name, then the type); dns.c
+ * files its in-flight questions under the same one. */
+uint32_t dnscache_key_hash(const char *name, enum dns_type type);
 
 /* Frees an answer built by dns.c or copied by this module. */
 void dnscache_answer_free(dns_answer *a);
