@@ -83,7 +83,7 @@ static void cmd_unblock(const char *ip, struct evbuffer *out)
 
 static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
 {
-    char *arg = strchr(line, ' ');
+    char *arg = strpbrk(line, " \t");   /* moatctl uses tabs when an argument has spaces */
     if (arg)
         *arg++ = '\0';
     if (strcmp(line, "stats") == 0) {
@@ -126,8 +126,13 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         }
         c->waiting = 1;
         lb_task(srv.rt, "moat.status", "test_address", arg, test_address_done, c);
+    } else if (strcmp(line, "spf") == 0) {
+        /* RFC 7208 check_host() on the daemon's resolver (DESIGN §8); the
+         * Lua side answers "error: ..." for bad arguments. */
+        c->waiting = 1;
+        lb_task(srv.rt, "moat.spf", "control", arg ? arg : "", test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, blocked, unblock, queue, flush, dns flush)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
     }
 }
 

@@ -265,8 +265,9 @@ static char *txt_join(const struct ares_txt_ext *r)
         return NULL;
     for (const struct ares_txt_ext *p = r; p && (p == r || !p->record_start); p = p->next)
         for (size_t i = 0; i < p->length; i++)
-            if (p->txt[i]) /* a NUL would silently truncate the C string */
-                *w++ = (char)p->txt[i];
+            /* A NUL would silently truncate the C string; DEL stands in for it, so
+             * the record stays visibly invalid (SPF: a permerror, RFC 7208 §3.1). */
+            *w++ = p->txt[i] ? (char)p->txt[i] : '\x7f';
     *w = '\0';
     return s;
 }

@@ -39,7 +39,7 @@ typedef struct dns_answer {
     struct dns_rr {
         char *text; /* A/AAAA: address text; MX: exchange; PTR: name without
                        trailing dot; TXT: the record's strings concatenated
-                       (NUL bytes dropped; the bytes are otherwise raw and may
+                       (a NUL byte becomes DEL, 0x7f; the bytes are otherwise raw and may
                        hold CR/LF - sanitise before echoing to a client) */
         int pref;   /* MX preference, 0 for other types */
     } *rr;

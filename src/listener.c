@@ -41,6 +41,7 @@ struct conn_count {
 struct listener_state {
     char name[64];
     int active;
+    int waiting;              /* connections still waiting for their PROXY header */
     struct conn_count *buckets[COUNT_BUCKETS];
     struct listener_state *next;
 };
@@ -228,6 +229,7 @@ struct proxy_wait {
     int fd;
     struct event *ev;
     struct listener_sock *ls;
+    struct listener_state *st;        /* counted in st->waiting while here */
     struct sockaddr_storage peer;
     socklen_t peerlen;
     unsigned char buf[PP_MAX];
@@ -253,6 +255,7 @@ static void proxy_wait_free(struct proxy_wait *w, int close_fd)
         waits = w->next;
     if (w->next)
         w->next->prev = w->prev;
+    w->st->waiting--;
     event_free(w->ev);
     if (close_fd)
         close(w->fd);
@@ -325,6 +328,8 @@ static void proxy_wait_new(int fd, const struct sockaddr *sa, int salen, struct 
     struct proxy_wait *w = calloc(1, sizeof *w);
     w->fd = fd;
     w->ls = ls;
+    w->st = ls->state;
+    w->st->waiting++;
     memcpy(&w->peer, sa, (size_t)salen < sizeof w->peer ? (size_t)salen : sizeof w->peer);
     w->peerlen = (socklen_t)salen;
     clock_gettime(CLOCK_MONOTONIC, &w->started);
@@ -351,6 +356,16 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
             char ip[64];
             addr_text(sa, ip, sizeof ip);
             log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "not_in_proxy_from", NULL);
+            close(fd);
+            return;
+        }
+        /* Waiting connections count against max_connections too: without
+         * it a balancer's flood of silent connections would be unbounded. */
+        int max = srv.rt->cfg.listeners[ls->listener_index].max_connections;
+        if (max && ls->state->active + ls->state->waiting >= max) {
+            char ip[64];
+            addr_text(sa, ip, sizeof ip);
+            log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "max_connections", NULL);
             close(fd);
             return;
         }

@@ -30,6 +30,15 @@ local function deliver(srv, header, opts)
   error("message " .. tostring(r.id) .. " not stored")
 end
 
+-- A header, and the greeting it gets.
+local function deliver_greeting(srv)
+  local c = moat.client(srv.port, { greeting = false })
+  assert(c:send("PROXY TCP4 192.0.2.1 127.0.0.1 40000 25\r\n"))
+  local code = c:read_reply()
+  c:close()
+  return code
+end
+
 -- Send bytes and expect the connection closed with no greeting at all.
 local function refused(srv, bytes, opts)
   local c = moat.client(srv.port, { greeting = false, source = opts and opts.source })
@@ -117,6 +126,42 @@ describe("PROXY protocol", function()
       refused(srv, "PROXY TCP4 192.0.2.10 127.0.0.1 40000 25\r\n", { source = "127.0.0.2" })
       srv:wait_log("event=proxy_refused ip=127%.0%.0%.2 .*reason=not_in_proxy_from")
     end)
+  end)
+
+  it("connection limits count the header's address, not the balancer's", function()
+    local srv = moat.start {
+      listener = '{ limit_per_address = 1, { port = %PORT%, address = "127.0.0.1", proxy = true } }',
+      extra = 'proxy_from = "127.0.0.1"',
+      tables = { client_ips = "" },
+    }
+    local function open(ip)
+      local c = moat.client(srv.port, { greeting = false })
+      assert(c:send("PROXY TCP4 " .. ip .. " 127.0.0.1 40000 25\r\n"))
+      return c, c:read_reply()
+    end
+    local a, code_a = open("192.0.2.1")
+    local b, code_b = open("192.0.2.2")
+    assert.equals(220, code_a)
+    assert.equals(220, code_b)
+    local a2, code_a2, text = open("192.0.2.1")
+    assert.equals(421, code_a2, text)
+    srv:wait_log("event=refused ip=192%.0%.2%.1 .*reason=limit_per_address")
+    a:close(); b:close(); a2:close()
+  end)
+
+  it("connections waiting for their header count against max_connections", function()
+    local srv = moat.start {
+      listener = '{ max_connections = 1, { port = %PORT%, address = "127.0.0.1", proxy = true } }',
+      extra = 'proxy_from = "127.0.0.1"',
+    }
+    local waiting = moat.client(srv.port, { greeting = false })
+    srv:wait_log("event=started")
+    socket.sleep(0.2)
+    refused(srv, "PROXY TCP4 192.0.2.1 127.0.0.1 40000 25\r\n")
+    srv:wait_log("event=proxy_refused ip=127%.0%.0%.1 .*reason=max_connections")
+    waiting:close()
+    srv:wait_log("event=proxy_refused .*reason=closed_before_header")
+    assert.equals(220, (deliver_greeting(srv)))
   end)
 
   it("--check refuses proxy = true without proxy_from", function()
