@@ -49,6 +49,7 @@
 #include "tempblock.h"
 #include "worker.h"
 #include "smtpc.h"
+#include "debugrec.h"
 
 static int open_sessions;
 static struct session *all_sessions;
@@ -106,8 +107,10 @@ void reply(struct session *s, const char *fmt, ...)
         return;
     if (n >= REPLY_LINE_MAX)
         n = REPLY_LINE_MAX - 1;
-    if (s->debug)
+    if (s->debug) {
         log_kv(LOG_INFO, "debug_out", "session", s->id, "line", line, NULL);
+        debugrec_server(s->rec, line);
+    }
     memcpy(line + n, "\r\n", 2);
     send_reply(s, line, (size_t)n + 2);
 }
@@ -136,6 +139,7 @@ void note_event(struct session *s, enum tb_event ev)
     if (r == TB_DEBUG && !s->debug) {
         s->debug = 1;
         log_kv(LOG_INFO, "debug_on", "session", s->id, "ip", s->ip, NULL);
+        s->rec = debugrec_new(s->id, s->ip, s->port, s->tls_mode != TLS_OFF, 1);
     }
     if (r == TB_BLOCKED) {
         log_kv(LOG_WARN, "blocked", "ip", s->ip, "session", s->id,
@@ -1019,6 +1023,7 @@ static int take_lines(struct session *s, const char *p, size_t n, size_t *used)
         }
         if (content == 1 && line[0] == '.' && crlf && s->prev_crlf)
             break;               /* the end of the message */
+        debugrec_client(s->rec, line, content);   /* as sent: dot-stuffed */
         const char *text = line;
         size_t tlen = linelen;
         if (line[0] == '.') {    /* dot-unstuffing (RFC 5321 4.5.2) */
@@ -1086,6 +1091,7 @@ static int data_step(struct session *s, struct evbuffer *in)
     int crlf = linelen >= 2 && line[linelen - 2] == '\r';
     size_t content = linelen - 1 - (size_t)crlf;
     if (content == 1 && line[0] == '.' && crlf && s->prev_crlf) {
+        debugrec_client(s->rec, ".", 1);
         evbuffer_drain(in, linelen);
         /* A message with no blank line ends inside its header. */
         if (s->in_header && !s->too_big && !s->line_too_long && lb_has_phase(s->rt, PH_DATA_LINE))
@@ -1152,9 +1158,14 @@ void process_input(struct session *s)
             break;
         if (r < 0)
             continue;
-        if (s->debug)
-            log_kv(LOG_INFO, "debug_in", "session", s->id,
-                   "line", s->auth_state != AUTH_NONE || strncasecmp(line, "AUTH ", 5) == 0 ? "(authentication data)" : line, NULL);
+        if (s->debug) {
+            int secret = s->auth_state != AUTH_NONE || strncasecmp(line, "AUTH ", 5) == 0;
+            log_kv(LOG_INFO, "debug_in", "session", s->id, "line", secret ? "(authentication data)" : line, NULL);
+            if (secret)
+                debugrec_comment(s->rec, "C: (authentication data)");
+            else
+                debugrec_client(s->rec, line, strlen(line));
+        }
         if (s->auth_state != AUTH_NONE)
             auth_continue(s, line);
         else
@@ -1326,6 +1337,8 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     } else {
         s->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
+    if (s->debug)
+        s->rec = debugrec_new(s->id, s->ip, s->port, lsock->tls != TLS_OFF, 0);
     setup_bev(s);
     open_sessions++;
     s->next = all_sessions;
@@ -1372,6 +1385,7 @@ void session_free(struct session *s)
     if (s->tls_switch)
         SSL_free(s->tls_switch);
     lb_disconnect(&s->lb);
+    debugrec_finish(s->rec, s->rt->cfg.spool_dir);
     reset_transaction(s);
     lb_session_close(&s->lb);
     bufferevent_free(s->bev);

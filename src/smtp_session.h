@@ -55,6 +55,7 @@ struct session {
     char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
     int errors;
     int debug;                    /* past a debug threshold: log the dialogue */
+    struct debugrec *rec;         /* debug: the dialogue as a --replay file (debugrec.h) */
     enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_state;
     char auth_user[256];          /* LOGIN: the user given so far */
     int auth_ok;                  /* the password check's result, for the auth hook */
