@@ -55,11 +55,15 @@ static int read_dns(lua_State *L, struct config *c)
 {
     c->dns_timeout_ms = 500;
     c->dns_tries = 2;
+    c->dns_cache_size = 10000;
+    c->dns_cache_max_ttl = 3600;
     c->dns_servers = strdup("");
     lua_getfield(L, -1, "dns");
     if (lua_istable(L, -1)) {
         c->dns_timeout_ms = (int)get_int(L, "timeout_ms", 500);
         c->dns_tries = (int)get_int(L, "tries", 2);
+        c->dns_cache_size = (int)get_int(L, "cache_size", 10000);
+        c->dns_cache_max_ttl = (int)get_int(L, "cache_max_ttl", 3600);
         char **servers;
         int n;
         read_string_list(L, "servers", &servers, &n);

@@ -77,6 +77,8 @@ struct config {
     char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;
+    int dns_cache_size;       /* entries, 0 = no cache (and no query sharing) */
+    int dns_cache_max_ttl;    /* s, cap on any cached TTL */
     char *log_level;
     int watch;                /* reload when a loaded file changes */
     char *metrics_address;    /* Prometheus endpoint, NULL = off */

@@ -21,6 +21,7 @@
 #include "smtp.h"
 #include "stats.h"
 #include "delivery.h"
+#include "dnscache.h"
 #include "tempblock.h"
 #include <time.h>
 
@@ -103,6 +104,16 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\n");
             delivery_queue_text(out);
         }
+    } else if (strcmp(line, "dns") == 0) {
+        if (!arg || strcmp(arg, "flush") != 0) {
+            evbuffer_add_printf(out, "error: usage: dns flush\n");
+            return;
+        }
+        struct dnscache_stats cs;
+        dnscache_get_stats(srv.dnscache, &cs);
+        dnscache_flush(srv.dnscache);
+        delivery_dns_flush();
+        evbuffer_add_printf(out, "ok\nflushed: %lu DNS cache entries\n", cs.entries);
     } else if (strcmp(line, "blocked") == 0) {
         evbuffer_add_printf(out, "ok\n");
         tb_foreach(srv.tempblock, time(NULL), list_blocked, out);
@@ -121,7 +132,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         c->waiting = 1;
         lb_task(srv.rt, "moat.spf", "control", arg ? arg : "", test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, spf, blocked, unblock, queue, flush)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
     }
 }
 

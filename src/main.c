@@ -11,6 +11,7 @@
 
 #include "control.h"
 #include "dns.h"
+#include "dnscache.h"
 #include "listener.h"
 #include "log.h"
 #include "runtime.h"
@@ -58,7 +59,8 @@ static const char *restart_only_change(const struct config *a, const struct conf
         return "control_socket";
     if (!same_str(a->user, b->user))
         return "user";
-    if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries)
+    if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries ||
+        a->dns_cache_size != b->dns_cache_size || a->dns_cache_max_ttl != b->dns_cache_max_ttl)
         return "dns";
     if (!same_str(a->metrics_address, b->metrics_address) || a->metrics_port != b->metrics_port)
         return "metrics";
@@ -191,6 +193,16 @@ static int start(const char *path, char *err, size_t errlen)
     srv.dns_once = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, 1, err, errlen);
     if (!srv.dns_once)
         return -1;
+    /* One cache for both channels: an RBL answer is the same data whichever
+     * channel fetched it.  In-flight sharing stays per channel (their retry
+     * rules differ). */
+    srv.dnscache = dnscache_new((size_t)c->dns_cache_size, (unsigned)c->dns_cache_max_ttl);
+    if (c->dns_cache_size > 0 && !srv.dnscache) {
+        snprintf(err, errlen, "dns cache: out of memory");
+        return -1;
+    }
+    dns_set_cache(srv.dns, srv.dnscache);
+    dns_set_cache(srv.dns_once, srv.dnscache);
     if (delivery_start(c, err, errlen) != 0)
         return -1;
     if (c->control_socket && control_open(c->control_socket, err, errlen) != 0)
@@ -277,6 +289,7 @@ int main(int argc, char **argv)
     tb_free(srv.tempblock);
     dns_free(srv.dns);
     dns_free(srv.dns_once);
+    dnscache_free(srv.dnscache);
     runtime_unref(srv.rt);
     listeners_free();
     stats_free();

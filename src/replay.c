@@ -140,13 +140,19 @@ static void send_step(void)
     R.decided[0] = '\0';
     if (R.in_data) {
         R.in_data = 0;
-        while (R.next < R.n) {
+        int lines = 0, ended = 0;
+        while (R.next < R.n && !ended) {
             const char *l = R.lines[R.next++];
             evbuffer_add_printf(out, "%s\r\n", l);
-            if (strcmp(l, ".") == 0)
-                break;
+            ended = strcmp(l, ".") == 0;
+            lines += !ended;
         }
-        printf("C: (message)\n");
+        /* A file cut inside DATA (a capped debug file): end the message,
+         * or the session would wait for the rest until smtp.timeout. */
+        if (!ended)
+            evbuffer_add_printf(out, ".\r\n");
+        printf("C: (message, %d line%s%s)\n", lines, lines == 1 ? "" : "s",
+               ended ? "" : "; the file ends inside DATA: '.' added");
         return;
     }
     if (R.next >= R.n) {

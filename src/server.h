@@ -30,6 +30,7 @@ struct server {
     struct spool *spool;
     struct dns *dns;
     struct dns *dns_once;      /* one try, first timeout: queries a policy retries itself (RBL) */
+    struct dnscache *dnscache; /* shared by dns and dns_once; NULL = dns.cache_size 0 */
     struct tempblock *tempblock;   /* temporary blocks outlive reloads */
     struct stats stats;
     int stopping;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dns.h"
+#include "dnscache.h"
 #include "runtime.h"
 #include "server.h"
 
@@ -77,6 +78,8 @@ static int collect(struct metric *m)
         ds.timeouts += once.timeouts;
         ds.failures += once.failures;
     }
+    struct dnscache_stats cs;
+    dnscache_get_stats(srv.dnscache, &cs);
     int n = 0;
 #define M(nm, hp, tp, v) m[n++] = (struct metric){ nm, hp, tp, (double)(v) }
     M("connections_current", "Open SMTP connections", "gauge", st->connections_current);
@@ -95,6 +98,10 @@ static int collect(struct metric *m)
     M("dns_queries_total", "DNS queries started", "counter", ds.queries);
     M("dns_timeouts_total", "DNS queries that timed out", "counter", ds.timeouts);
     M("dns_failures_total", "DNS queries that failed", "counter", ds.failures);
+    M("dns_cache_hits_total", "DNS questions answered from the cache", "counter", cs.hits);
+    M("dns_cache_misses_total", "DNS questions sent because the cache had no fresh answer", "counter", cs.misses);
+    M("dns_cache_joined_total", "DNS questions that waited on the same question already in flight", "counter", cs.joined);
+    M("dns_cache_entries", "Answers in the DNS cache", "gauge", cs.entries);
     M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
     M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);
     M("spool_commit_seconds_max", "Slowest spool commit", "gauge", st->spool_latency_max_ms / 1000.0);
@@ -109,7 +116,7 @@ static int collect(struct metric *m)
 
 void stats_render_text(struct evbuffer *out)
 {
-    struct metric m[32];
+    struct metric m[40];
     int n = collect(m);
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "%s %.15g\n", m[i].name, m[i].value);
@@ -134,7 +141,7 @@ static void add_label_value(struct evbuffer *out, const char *v)
 
 void stats_render_prometheus(struct evbuffer *out)
 {
-    struct metric m[32];
+    struct metric m[40];
     int n = collect(m);
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "# HELP moat_%s %s\n# TYPE moat_%s %s\nmoat_%s %.15g\n", m[i].name,

@@ -167,6 +167,8 @@ local settings = {
       servers = string_list,
       timeout_ms = function(n2, x) return check_int(n2, x, 10, 60000) end,
       tries = function(n2, x) return check_int(n2, x, 1, 10) end,
+      cache_size = function(n2, x) return check_int(n2, x, 0, 10000000) end,
+      cache_max_ttl = function(n2, x) return check_int(n2, x, 1, 604800) end,
     })
   end,
   domains = function(n, v, ctx)

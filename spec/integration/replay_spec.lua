@@ -4,6 +4,7 @@
 local H = require "helpers.moat"
 local socket = require "socket"
 local lfs = require "lfs"
+local dns = require "helpers.dns"
 
 local dirs = {}
 
@@ -50,6 +51,7 @@ local function line_after(out, first)
 end
 
 after_each(function()
+  dns.stop_all()
   if not os.getenv("MOAT_KEEP_TMP") then
     for _, d in ipairs(dirs) do os.execute("rm -rf " .. H.shquote(d)) end
   end
@@ -87,7 +89,7 @@ describe("moat --replay", function()
     assert.are.equal("   (rcpt: policies/relay.lua)",
                      line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
     assert.are.equal("S: 250 2.1.5 Ok", line_after(out, "C: RCPT TO:<joe@example.test>"), out)
-    assert.truthy(out:find("C: DATA\nS: 354 ", 1, true), out)
+    assert.truthy(out:find("C: DATA\nS: 354 End data with <CR><LF>.<CR><LF>\nC: (message, 3 lines)\n", 1, true), out)
     assert.truthy(out:find("S: 250 2.0.0 Ok: queued as ", 1, true), out)
     assert.truthy(out:find("C: QUIT\nS: 221 ", 1, true), out)
     -- the recorded (old) replies are not echoed as moat's
@@ -122,6 +124,21 @@ C: QUIT
     assert.are.equal(0, rc, err)
     assert.are.equal("S: 554 5.7.1 no thanks 198.51.100.9:5555 bad.example tls=ext", line_after(out, "C: HELO bad.example"), out)
     assert.are.equal("   (helo: site.lua)", line_after(out, "S: 554 5.7.1 no thanks 198.51.100.9:5555 bad.example tls=ext"), out)
+  end)
+
+  it("asks real DNS: the rbl policy refuses a listed address, and a file cut inside DATA still ends", function()
+    local bl = dns.start_rbldnsd { zone = "bl.example.test", entries = { "192.0.2.66" } }
+    local rc, out, err = replay({
+      policies = { "rbl", "relay" },
+      extra = ('dns = { servers = { "%s" }, timeout_ms = 500, tries = 2 }\nprotection = { rbl_servers = { "bl.example.test" }, blacklisted_messages = "reject" }\n'):format(bl.server),
+    }, "# ip=192.0.2.66\nC: EHLO listed.example\nC: MAIL FROM:<a@b.example>\nC: RCPT TO:<joe@example.test>\nC: QUIT\n")
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("C: RCPT TO:<joe@example.test>\nS: 5%d%d [^\n]*\n   %(rcpt: policies/rbl%.lua%)\n"), out)
+    assert.truthy(#bl:queries() >= 1)
+    rc, out, err = replay({ policies = { "relay" } },
+      "C: HELO x.example\nC: MAIL FROM:<a@b.example>\nC: RCPT TO:<joe@example.test>\nC: DATA\nC: Subject: cut\nC:\nC: half a mess")
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("C: (message, 3 lines; the file ends inside DATA: '.' added)\nS: 250 2.0.0 Ok", 1, true), out)
   end)
 
   it("refuses a file without client lines, and a bad ip= header", function()
