@@ -65,6 +65,17 @@ local protection_spec = {
     return check_record(n, v, { add_header = function(n2, s) return check_type(n2, s, "string") end })
   end,
   verify_helo_and_return_path = check_bool,
+  spf = function(n, v)
+    local function one_of(list)
+      return function(n2, x)
+        for _, ok in ipairs(list) do if x == ok then return x end end
+        fail(("%s: expected %s, got %s"):format(n2, '"' .. table.concat(list, '", "') .. '"',
+                                               type(x) == "string" and ('"' .. x .. '"') or type(x)))
+      end
+    end
+    return check_record(n, v, { mode = one_of { "off", "header", "reject" }, helo = check_bool,
+                                permerror = one_of { "accept", "reject" } })
+  end,
   temp_block = function(n, v)
     return check_record(n, v, {
       failed_logins = pair, protocol_errors = pair,

@@ -522,6 +522,20 @@ end
 
 function Client:ehlo(name) return self:cmd("EHLO " .. (name or "client.example")) end
 
+-- One short session: connect from opts.source, EHLO opts.helo (default
+-- host.example), MAIL FROM:<from>, QUIT; returns the MAIL reply's code, text.
+function M.mail_from(port, from, opts)
+  opts = opts or {}
+  local c = M.client(port, { source = opts.source })
+  assert(c.greeting_code == 220, "no greeting: " .. tostring(c.greeting))
+  local ecode, etext = c:ehlo(opts.helo or "host.example")
+  assert(ecode == 250, "EHLO: " .. tostring(ecode) .. " " .. tostring(etext))
+  local code, text = c:cmd("MAIL FROM:<" .. from .. ">")
+  c:cmd("QUIT")
+  c:close()
+  return code, text
+end
+
 -- True when the server has closed the connection (EOF or reset) within timeout.
 function Client:closed(timeout)
   self.sock:settimeout(timeout or 3)
