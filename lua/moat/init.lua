@@ -73,6 +73,7 @@ end
 M.tempblock = core.tempblock
 M.table_text = core.table_text
 M.is_local_address = core.is_local_address
+M.spf_result = core.spf_result   -- count an SPF result for moatctl stats (the spf policy)
 -- moat.callout(address) -> { result = "ok"|"rejected"|"tempfail", reply = "…" }
 -- (Reverse Connect; required late: moat.callout requires moat).
 function M.callout(addr) return require("moat.callout").check(addr) end
