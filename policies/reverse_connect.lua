@@ -22,11 +22,7 @@ local R = router.configured(settings, moat.table_text("router"))
 
 local P = {}
 
-local function exempt(s)
-  if s.status == "client" or s.status == "trusted" or s.user then return true end
-  local ok, list = pcall(moat.list, "cluster_ips")
-  return ok and list and list:contains(s.ip) or false
-end
+local exempt = moat.is_ours
 
 function P.mail_from(s, addr)
   s.callout = nil
