@@ -102,6 +102,7 @@ static int collect(struct metric *m)
     M("dns_cache_misses_total", "DNS questions sent because the cache had no fresh answer", "counter", cs.misses);
     M("dns_cache_joined_total", "DNS questions that waited on the same question already in flight", "counter", cs.joined);
     M("dns_cache_entries", "Answers in the DNS cache", "gauge", cs.entries);
+    M("refused_disk_full_total", "Transactions refused with 452 4.3.1 (min_free_space, or the disk filled up)", "counter", st->refused_disk);
     M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
     M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);
     M("spool_commit_seconds_max", "Slowest spool commit", "gauge", st->spool_latency_max_ms / 1000.0);
