@@ -20,13 +20,7 @@ local function names(dir)
   return t
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local d = f:read("a")
-  f:close()
-  return d
-end
+local read = moat.read_file
 
 -- Fill the file system at dir: dd stops at ENOSPC.
 local function fill(dir)
