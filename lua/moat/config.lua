@@ -60,6 +60,7 @@ local protection_spec = {
   rbl_servers = string_list,
   blacklist_by_dns_name = string_list,
   whitehole_by_dns_name = string_list,
+  client_by_dns_name = string_list,
   blacklisted_messages = function(n, v)
     if v == "reject" then return v end
     return check_record(n, v, { add_header = function(n2, s) return check_type(n2, s, "string") end })
