@@ -316,6 +316,16 @@ function M.load(path)
   })
   local ok, rerr = source.run(path, env)
   if not ok then return nil, rerr end
+  -- protection.spf without the spf policy would check nothing, silently.
+  local spf = values.protection and values.protection.spf
+  if spf and spf.mode and spf.mode ~= "off" then
+    local listed = false
+    for _, p in ipairs(values.policies or {}) do if p == "spf" then listed = true end end
+    if not listed then
+      return nil, ('%s:%d: protection.spf.mode = "%s" needs the policy "spf" in policies'):format(
+        path, lines.protection, spf.mode)
+    end
+  end
   values.listeners = ctx.listeners
   values.lines = lines
   values.config_dir = dir
