@@ -69,6 +69,7 @@ function P.mail_from(s, addr)
       r = check(s, domain, raw, "mailfrom")
     end
   end
+  if moat.spf_result then moat.spf_result(r.result) end
   s.spf = { result = r.result, domain = r.domain, explanation = r.explanation, identity = r.identity }
   s.vars.spf_header = r
   s:log(("spf: %s for %s (%s) from %s"):format(r.result, r.domain, r.identity, s.ip))

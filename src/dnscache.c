@@ -209,6 +209,14 @@ int dnscache_get(dnscache *c, const char *name, enum dns_type type, int *status,
     return 1;
 }
 
+static size_t answer_bytes(const dns_answer *a)
+{
+    size_t n = 0;
+    for (int i = 0; i < a->n; i++)
+        n += strlen(a->rr[i].text) + 1 + sizeof a->rr[i];
+    return n;
+}
+
 void dnscache_put(dnscache *c, const char *name, enum dns_type type, int status,
                   const dns_answer *ans, unsigned ttl)
 {
@@ -216,6 +224,8 @@ void dnscache_put(dnscache *c, const char *name, enum dns_type type, int status,
         return;
     if (!(status == DNS_OK && ans) && status != DNS_NXDOMAIN && status != DNS_NODATA)
         return;
+    if (ans && answer_bytes(ans) > DNSCACHE_MAX_ENTRY_BYTES)
+        return; /* whoever runs the zone chooses the size: bound the memory */
     maybe_flush(c);
     if (ttl > c->max_ttl)
         ttl = c->max_ttl;

@@ -21,6 +21,11 @@
 
 typedef struct dnscache dnscache;
 
+/* An answer bigger than this (text plus per-record overhead) is not kept,
+ * so a full cache holds at most about cache_size * 4 KB whatever the zones
+ * it met put in their TXT records. */
+#define DNSCACHE_MAX_ENTRY_BYTES 4096
+
 /* max_entries 0 means "no cache": dnscache_new returns NULL, and every
  * function below accepts NULL as an empty, disabled cache. */
 dnscache *dnscache_new(size_t max_entries, unsigned max_ttl);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "dns.h"
+#include "stats.h"
 #include "lineset.h"
 #include "iplist.h"
 #include "log.h"
@@ -411,6 +412,13 @@ static int l_table_text(lua_State *L)
 
 /* moat.is_local_address(ip): one of this host's own addresses (the "Local"
  * prefix of test-address). */
+/* moat.core.spf_result(result): count one SPF check for moatctl stats. */
+static int l_spf_result(lua_State *L)
+{
+    stats_spf(luaL_checkstring(L, 1));
+    return 0;
+}
+
 static int l_is_local_address(lua_State *L)
 {
     unsigned char want[16], key[16];
@@ -533,7 +541,7 @@ static int luaopen_moat_core(lua_State *L)
         { "sleep", l_sleep }, { "log", l_log }, { "list", l_list },
         { "dns_query", l_dns_query }, { "dns_query_all", l_dns_query_all },
         { "dns_reverse", l_dns_reverse }, { "config", l_config },
-        { "table_text", l_table_text }, { "is_local_address", l_is_local_address },
+        { "table_text", l_table_text }, { "is_local_address", l_is_local_address }, { "spf_result", l_spf_result },
         { NULL, NULL },
     };
     luaL_newlib(L, fns);

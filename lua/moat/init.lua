@@ -73,5 +73,6 @@ end
 M.tempblock = core.tempblock
 M.table_text = core.table_text
 M.is_local_address = core.is_local_address
+M.spf_result = core.spf_result   -- count an SPF result for moatctl stats (the spf policy)
 
 return M

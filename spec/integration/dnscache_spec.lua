@@ -148,6 +148,27 @@ describe("the DNS cache", function()
     assert.equal(1, st.dns_cache_misses_total, text)
   end)
 
+  it("two sessions asking one question at once share one query (and its timeout)", function()
+    local hole = DNS.black_hole()
+    local srv = start(hole.server)
+    local cs = {}
+    for i = 1, 2 do
+      cs[i] = H.client(srv.port)
+      assert.equal(250, (cs[i]:ehlo()))
+    end
+    for i = 1, 2 do assert(cs[i]:send("MAIL FROM:<a@slow.example>\r\n")) end
+    for i = 1, 2 do
+      local code, text = cs[i]:read_reply()
+      assert.equal(550, code, text)
+      assert.equal("550 5.0.0 timeout", text)
+      cs[i]:close()
+    end
+    assert.equal(1, hole:received())
+    local st, text = stats(srv)
+    assert.equal(1, st.dns_cache_joined_total, text)
+    assert.equal(1, st.dns_timeouts_total, text)
+  end)
+
   it("dns.cache_size = 0 turns caching and sharing off", function()
     local d = DNS.retry_start(DNS.start, { a = { ["mx1.good.example"] = "192.0.2.1" }, ttl = 60 })
     local srv = start(d.server, "cache_size = 0")

@@ -142,6 +142,21 @@ describe("spf policy (integration)", function()
     hole:stop()
   end)
 
+  it("counts SPF results in moatctl stats", function()
+    local s4 = H.start { tag = "spf-stats", policies = { "spf", "relay" },
+                         extra = conf(dns.server, '{ mode = "reject" }') }
+    mail_from(s4, "a@fail.example")
+    mail_from(s4, "a@fail.example")
+    mail_from(s4, "a@pass.example")
+    mail_from(s4, "a@fail.example", { source = "127.0.0.1" })   -- a client: not checked, not counted
+    local rc, out = s4:ctl("stats")
+    assert.equal(0, rc, out)
+    assert.matches("\nspf_fail_total 2\n", out)
+    assert.matches("\nspf_pass_total 1\n", out)
+    assert.matches("\nspf_temperror_total 0\n", out)
+    s4:stop()
+  end)
+
   it("moat --check refuses mode = \"rejekt\" naming the file and line", function()
     local dir, path = H.prepare { tag = "spf-check", policies = { "spf", "relay" },
                                   extra = 'protection = { spf = { mode = "rejekt" } }' }

@@ -100,6 +100,12 @@ int main(void)
     CHECK(dnscache_get(c, "m.ex", DNS_A, &st, &got) == 0, "a requested flush happens before the next get");
     dnscache_get_stats(c, &s);
     CHECK(s.entries == 0 && s.hits == 2, "stats: entries and hits");
+    static char big[5000];
+    memset(big, 'x', sizeof big - 1);
+    dns_answer huge = { 1, (struct dns_rr[]){ { big, 0 } } };
+    dnscache_put(c, "big.ex", DNS_TXT, DNS_OK, &huge, 60);
+    CHECK(dnscache_get(c, "big.ex", DNS_TXT, &st, &got) == 0, "an answer over %d bytes is not kept",
+          DNSCACHE_MAX_ENTRY_BYTES);
     dnscache_free(c);
     return check_done();
 }
