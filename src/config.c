@@ -440,6 +440,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     read_string_list(L, "local_domains", &c->local_domains, &c->nlocal_domains);
     c->spool_dir = get_str(L, "spool_dir", NULL);
     c->spool_threads = (int)get_int(L, "spool_threads", 4);
+    c->min_free_space_mb = get_int(L, "min_free_space", 0);
     char *sync = get_str(L, "spool_sync", "fsync");
     c->spool_syncfs = strcmp(sync, "syncfs") == 0;
     free(sync);

@@ -73,6 +73,7 @@ struct config {
     char *spool_dir;
     int spool_threads;
     int spool_syncfs;         /* spool_sync = "syncfs" */
+    long min_free_space_mb;   /* MAIL FROM gets 452 4.3.1 below this much free in spool_dir; 0 = off */
     char *control_socket;
     char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */

@@ -22,6 +22,7 @@ struct stats {
     uint64_t hook_errors;
     uint64_t reloads_ok, reloads_failed;
     uint64_t spool_commits;
+    uint64_t refused_disk;     /* 452 4.3.1: below min_free_space at MAIL, or disk full at the dot */
     double spool_latency_sum_ms, spool_latency_max_ms;
 };
 

@@ -451,9 +451,11 @@ static int path_error_reply(struct session *s, enum path_error e, int is_from)
     return 1;
 }
 
-/* MAIL parameters: SIZE, BODY, SMTPUTF8.  Returns 0 or replies and returns -1. */
-static int mail_params(struct session *s, const char *p)
+/* MAIL parameters: SIZE, BODY, SMTPUTF8.  Returns 0 or replies and returns -1.
+ * *declared = the SIZE= value (0 when absent). */
+static int mail_params(struct session *s, const char *p, unsigned long long *declared)
 {
+    *declared = 0;
     char buf[CMD_LINE_MAX];
     snprintf(buf, sizeof buf, "%s", p);
     char *save = NULL;
@@ -470,6 +472,7 @@ static int mail_params(struct session *s, const char *p)
                 reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return -1;
             }
+            *declared = size;
         } else if (strncasecmp(tok, "BODY=", 5) == 0) {
             if (strcasecmp(tok + 5, "8BITMIME") == 0)
                 s->body_8bit = 1;
@@ -485,6 +488,16 @@ static int mail_params(struct session *s, const char *p)
         }
     }
     return 0;
+}
+
+/* Room in spool_dir for this transaction: min_free_space must stay free
+ * after a message of the declared SIZE (Postfix's queue_minfree test).  The
+ * free space is a cached statvfs (spool_free_bytes), so a busy MAIL rate costs
+ * one system call a second. */
+static int disk_has_room(struct session *s, unsigned long long declared)
+{
+    unsigned long long want = (unsigned long long)s->rt->cfg.min_free_space_mb * 1024 * 1024 + declared;
+    return want == 0 || spool_free_bytes(srv.spool) >= want;
 }
 
 static void cmd_mail(struct session *s, char *arg)
@@ -510,12 +523,20 @@ static void cmd_mail(struct session *s, char *arg)
         protocol_error(s, "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]");
         return;
     }
-    if (mail_params(s, rest) != 0) {
+    unsigned long long declared;
+    if (mail_params(s, rest, &declared) != 0) {
         s->smtputf8 = s->body_8bit = 0;
         return;
     }
     if (path.has_8bit && !s->smtputf8) {
         reply(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
+        return;
+    }
+    if (!proxy_mode(s) && !disk_has_room(s, declared)) {
+        srv.stats.refused_disk++;
+        log_kv(LOG_WARN, "mail_refused", "session", s->id, "ip", s->ip, "reason", "min_free_space", NULL);
+        s->smtputf8 = s->body_8bit = 0;
+        reply(s, "452 4.3.1 Insufficient system storage");
         return;
     }
     s->from = strdup(path.raw);
@@ -844,8 +865,16 @@ static void spool_done(void *arg, int err, double latency_ms)
         srv.stats.spool_latency_max_ms = latency_ms;
     if (err) {
         log_kv(LOG_ERR, "spool_error", "session", s->id, "qid", s->qid, "error", strerror(err), NULL);
-        reply(s, "451 4.3.0 Error: queue file write error");
-        log_transaction(s, "tempfail", "spool", "queue file write error");
+        if (spool_err_is_full(err)) {
+            /* The writer removed its tmp/ files: nothing half-written stays,
+             * and the client keeps the message and retries later. */
+            srv.stats.refused_disk++;
+            reply(s, "452 4.3.1 Insufficient system storage");
+            log_transaction(s, "tempfail", "spool", "insufficient system storage");
+        } else {
+            reply(s, "451 4.3.0 Error: queue file write error");
+            log_transaction(s, "tempfail", "spool", "queue file write error");
+        }
     } else {
         srv.stats.messages_accepted++;
         delivery_poke();

@@ -124,6 +124,7 @@ static int collect(struct metric *m)
     M("spf_none_total", "SPF checks at MAIL FROM: none", "counter", spf_counts[4]);
     M("spf_permerror_total", "SPF checks at MAIL FROM: permerror", "counter", spf_counts[5]);
     M("spf_temperror_total", "SPF checks at MAIL FROM: temperror", "counter", spf_counts[6]);
+    M("refused_disk_full_total", "Transactions refused with 452 4.3.1 (min_free_space, or the disk filled up)", "counter", st->refused_disk);
     M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
     M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);
     M("spool_commit_seconds_max", "Slowest spool commit", "gauge", st->spool_latency_max_ms / 1000.0);

@@ -147,6 +147,8 @@ local settings = {
   end,
   spool_dir = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
   spool_threads = function(n, v) return check_int(n, v, 1, 64) end,
+  -- MB (MiB) that must stay free in spool_dir; 100 TB is a typo, not a margin.
+  min_free_space = function(n, v) return check_int(n, v, 0, 100000000) end,
   spool_sync = function(n, v)
     if v ~= "fsync" and v ~= "syncfs" then fail(n .. ': expected "fsync" or "syncfs"') end
     return v

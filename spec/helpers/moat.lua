@@ -594,4 +594,5 @@ function M.message(subject, body)
 end
 
 M.json = json
+M.read_file = read_file
 return M

@@ -9,14 +9,16 @@ local json = require "dkjson"
 local H = require "helpers.moat"
 
 local SUITE = os.getenv("SPF_SUITE") or (H.root .. "/../shared/spf/rfc7208-tests.yml")
+-- moat's own hostile cases (issue 13 "bad input"), in the same format
+local HOSTILE = H.root .. "/spec/fixtures/spf-hostile.yml"
 local PY = "/usr/bin/python3"
 local DNS_PY = H.root .. "/spec/helpers/spf_dns.py"
 
-local function load_suite()
-  local p = assert(io.popen(("%s %s dump %s"):format(PY, H.shquote(DNS_PY), H.shquote(SUITE))))
+local function load_suite(file)
+  local p = assert(io.popen(("%s %s dump %s"):format(PY, H.shquote(DNS_PY), H.shquote(file))))
   local data = p:read("a")
   p:close()
-  return assert(json.decode(data), "could not read the suite " .. SUITE)
+  return assert(json.decode(data), "could not read the suite " .. file)
 end
 
 local function free_udp_port()
@@ -33,11 +35,11 @@ local function free_udp_port()
 end
 
 -- Start the DNS server for scenario n; returns port and a stop function.
-local function start_dns(n)
+local function start_dns(file, n)
   local port = free_udp_port()
   local dir = H.tmpdir("spfdns")
   local p = assert(io.popen(("%s %s serve %s %d %d >%s/out 2>%s/err & echo $!"):format(
-    PY, H.shquote(DNS_PY), H.shquote(SUITE), n, port, dir, dir)))
+    PY, H.shquote(DNS_PY), H.shquote(file), n, port, dir, dir)))
   local pid = tonumber(p:read("l"))
   p:close()
   assert(H.poll(function() return (H.read_file(dir .. "/out") or ""):find("ready", 1, true) end, 10),
@@ -54,20 +56,15 @@ local function check(srv, t)
   return rc, (out:gsub("\n$", ""))
 end
 
-local suite = load_suite()
 local passed, total = 0, 0
 
-describe("the OpenSPF RFC 7208 suite via moatctl spf", function()
-  teardown(function()
-    print(("\nOpenSPF RFC 7208 suite: %d of %d tests pass"):format(passed, total))
-  end)
-
-  for n, scenario in ipairs(suite) do
-    describe(scenario.description, function()
+local function run_suite(file, title)
+  for n, scenario in ipairs(load_suite(file)) do
+    describe(title .. ": " .. scenario.description, function()
       local srv, stop_dns
       setup(function()
         local port
-        port, stop_dns = start_dns(n)
+        port, stop_dns = start_dns(file, n)
         srv = H.start { tag = "spfsuite",
                         extra = ('dns = { servers = { "127.0.0.1:%d" }, timeout_ms = 100, tries = 1 }'):format(port) }
       end)
@@ -93,4 +90,12 @@ describe("the OpenSPF RFC 7208 suite via moatctl spf", function()
       end
     end)
   end
+end
+
+describe("SPF via moatctl spf", function()
+  teardown(function()
+    print(("\nSPF suites (OpenSPF RFC 7208 + moat's hostile cases): %d of %d tests pass"):format(passed, total))
+  end)
+  run_suite(SUITE, "OpenSPF RFC 7208")
+  run_suite(HOSTILE, "hostile")
 end)

@@ -23,6 +23,7 @@ local COUNTERS = {
   "messages_discarded_total", "rcpts_accepted_total", "rcpts_rejected_total", "hook_errors_total",
   "dns_queries_total", "dns_timeouts_total", "dns_failures_total",
   "dns_cache_hits_total", "dns_cache_misses_total", "dns_cache_joined_total", "spool_commits_total",
+  "refused_disk_full_total",
   "reloads_ok_total", "reloads_failed_total",
   "spf_pass_total", "spf_fail_total", "spf_softfail_total", "spf_neutral_total", "spf_none_total",
   "spf_permerror_total", "spf_temperror_total",
