@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "shadow.h"
 #include "lua_bridge.h"
 #include "runtime.h"
 #include "server.h"
@@ -114,6 +115,9 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         dnscache_flush(srv.dnscache);
         delivery_dns_flush();
         evbuffer_add_printf(out, "ok\nflushed: %lu DNS cache entries\n", cs.entries);
+    } else if (strcmp(line, "shadow") == 0) {
+        evbuffer_add_printf(out, "ok\nshadow: %s\n", srv.rt->shadow ? "on" : "off");
+        shadow_report(out);
     } else if (strcmp(line, "blocked") == 0) {
         evbuffer_add_printf(out, "ok\n");
         tb_foreach(srv.tempblock, time(NULL), list_blocked, out);
@@ -132,7 +136,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         c->waiting = 1;
         lb_task(srv.rt, "moat.spf", "control", arg ? arg : "", test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, shadow, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
     }
 }
 

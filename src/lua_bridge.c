@@ -645,6 +645,43 @@ int lb_load_config(struct runtime *rt, const char *path, char *err, size_t errle
     return rc;
 }
 
+int lb_shadow_sample(struct runtime *rt, double *sample)
+{
+    lua_State *L = rt->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    lua_getfield(L, -1, "shadow");
+    int has = lua_istable(L, -1);
+    if (has) {
+        lua_getfield(L, -1, "sample");
+        *sample = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 1.0;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    return has;
+}
+
+int lb_shadow_chain(struct runtime *rt)
+{
+    lua_State *L = rt->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    lua_getfield(L, -1, "shadow");
+    lua_getfield(L, -1, "policies");
+    lua_setfield(L, -3, "policies");
+    lua_getfield(L, -1, "scripts");
+    lua_setfield(L, -3, "scripts");
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "shadow");   /* a shadow has no shadow */
+    /* "unknown policy" errors point at the shadow line */
+    lua_getfield(L, -1, "lines");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "shadow");
+        lua_setfield(L, -2, "policies");
+    }
+    lua_pop(L, 2);
+    return 0;
+}
+
 /* Push the list of { name, path } entries: stock policies, then scripts. */
 static int push_entries(struct runtime *rt, char *err, size_t errlen)
 {
@@ -897,11 +934,14 @@ static void error_verdict(struct lb_session *ls, struct verdict *v, const char *
     luaL_traceback(L, ls->co, msg, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ls->s_ref);
     lua_getfield(L, -1, "id");
-    log_kv(LOG_ERR, "hook_error", "session", lua_tostring(L, -1),
+    /* A shadow's errors only log (and shadow.c counts them): they are not
+     * the live chain's. */
+    log_kv(LOG_ERR, ls->rt->is_shadow ? "shadow_error" : "hook_error", "session", lua_tostring(L, -1),
            "phase", ls->phase < PH_COUNT ? phase_names[ls->phase] : "task",
            "error", lua_tostring(L, -3), NULL);
     lua_pop(L, 3);
-    srv.stats.hook_errors++;
+    if (!ls->rt->is_shadow)
+        srv.stats.hook_errors++;
     memset(v, 0, sizeof *v);
     v->action = V_ERROR;
     v->code = 451;

@@ -71,6 +71,11 @@ struct lb_session {
 struct lua_State *lb_state_new(struct runtime *rt);
 int lb_load_config(struct runtime *rt, const char *path, char *err, size_t errlen);
 int lb_load_policies(struct runtime *rt, char *err, size_t errlen);
+/* shadow = { ... } in the parsed config of rt: 1 and *sample, or 0 if none. */
+int lb_shadow_sample(struct runtime *rt, double *sample);
+/* On a shadow runtime after lb_load_config: make shadow.policies/scripts the
+ * chain lb_load_policies loads. */
+int lb_shadow_chain(struct runtime *rt);
 int lb_has_phase(const struct runtime *rt, enum phase ph);
 
 /* Session lifecycle. */

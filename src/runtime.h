@@ -34,6 +34,11 @@ struct runtime {
     struct lb_session *current;    /* the session whose hook is running now */
     struct tls_ctx *tls;           /* certificates of this generation, NULL if none */
     struct accounts *accounts;     /* tables.accounts, NULL if none (no AUTH) */
+    /* shadow = { ... } (DESIGN.md §12): the second policy set, a runtime of
+     * its own (own Lua state), owned by this one; NULL if none. */
+    struct runtime *shadow;
+    double shadow_sample;          /* fraction of sessions the shadow runs on */
+    int is_shadow;                 /* this runtime is a shadow: errors only log */
 };
 
 /* Where lua/ and policies/ live: the directory of the moat binary, or $MOAT_ROOT. */

@@ -239,6 +239,8 @@ void reset_transaction(struct session *s)
     if (s->state > S_HELO)
         s->state = S_HELO;
     lb_reset_transaction(&s->lb);
+    if (s->shadow)
+        lb_reset_transaction(shadow_lb(s->shadow));
 }
 
 static char *rcpt_list(struct session *s)
@@ -272,9 +274,10 @@ void log_transaction(struct session *s, const char *verdict, const char *policy,
  * session until on_hook_done. */
 int hook_wait(struct session *s, enum phase ph, int done, struct verdict *v)
 {
-    (void)v;
-    if (done)
+    if (done) {
+        shadow_live(s->shadow, ph, v);
         return 1;
+    }
     s->busy = 1;
     s->pending = ph;
     return 0;
@@ -292,6 +295,7 @@ static void on_hook_done(void *owner, const struct verdict *v)
 {
     struct session *s = owner;
     s->busy = 0;
+    shadow_live(s->shadow, s->pending, v);
     switch (s->pending) {
     case PH_CONNECT: finish_connect(s, v); break;
     case PH_HELO: finish_helo(s, v); break;
@@ -389,6 +393,7 @@ static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
     snprintf(s->helo, sizeof s->helo, "%s", arg);
     s->esmtp = esmtp;
     struct verdict v;
+    SHADOW_HOOK(s, PH_HELO, lb_helo(sl, s->helo, &sv));
     if (hook_wait(s, PH_HELO, lb_helo(&s->lb, s->helo, &v), &v))
         finish_helo(s, &v);
 }
@@ -544,6 +549,7 @@ static void cmd_mail(struct session *s, char *arg)
     s->qid[0] = '\0';
     srv.stats.transactions++;
     struct verdict v;
+    SHADOW_HOOK(s, PH_MAIL, lb_mail_from(sl, path.raw, path.null ? NULL : path.local, path.null ? NULL : path.domain, &sv));
     if (hook_wait(s, PH_MAIL, lb_mail_from(&s->lb, path.raw, path.null ? NULL : path.local,
                                            path.null ? NULL : path.domain, &v), &v))
         finish_mail(s, &v);
@@ -620,6 +626,7 @@ static void cmd_rcpt(struct session *s, char *arg)
     struct verdict v;
     _Static_assert(sizeof s->pending_rcpt == sizeof path->raw, "pending_rcpt holds a raw path");
     memcpy(s->pending_rcpt, path->raw, sizeof s->pending_rcpt);
+    SHADOW_HOOK(s, PH_RCPT, lb_rcpt(sl, path->raw, path->local, path->domain, &r, &sv));
     if (hook_wait(s, PH_RCPT, lb_rcpt(&s->lb, path->raw, path->local, path->domain, &r, &v), &v))
         finish_rcpt(s, &v);
 }
@@ -653,7 +660,7 @@ void add_rcpt(struct session *s, const char *raw, const struct route *r, int dis
     s->nrcpts++;
     srv.stats.rcpts_accepted++;
     s->state = S_RCPT;
-    lb_rcpt_accepted(&s->lb, raw, r);
+    LB_BOTH(lb_rcpt_accepted, s, raw, r);
 }
 
 static void cmd_data(struct session *s, char *arg)
@@ -671,6 +678,7 @@ static void cmd_data(struct session *s, char *arg)
         return;
     }
     struct verdict v;
+    SHADOW_HOOK(s, PH_DATA, lb_data(sl, &sv));
     if (hook_wait(s, PH_DATA, lb_data(&s->lb, &v), &v))
         finish_data_cmd(s, &v);
 }
@@ -739,9 +747,9 @@ static void cmd_starttls(struct session *s, char *arg)
     s->helo[0] = '\0';
     s->esmtp = 0;
     s->state = S_GREETED;
-    lb_set_str(&s->lb, "tls", "starttls");
-    lb_set_bool(&s->lb, "secure", 1);
-    lb_set_str(&s->lb, "helo", NULL);
+    LB_BOTH(lb_set_str, s, "tls", "starttls");
+    LB_BOTH(lb_set_bool, s, "secure", 1);
+    LB_BOTH(lb_set_str, s, "helo", NULL);
 }
 
 static void cmd_rset(struct session *s, char *arg)
@@ -960,6 +968,7 @@ static void end_of_data(struct session *s)
         return;
     }
     struct verdict v;
+    SHADOW_HOOK(s, PH_DATA_END, lb_data_end(sl, (long)s->msg_size, &sv));
     if (hook_wait(s, PH_DATA_END, lb_data_end(&s->lb, (long)s->msg_size, &v), &v))
         finish_message(s, &v);
 }
@@ -1313,10 +1322,9 @@ static const char *status_of(const struct config *c, const char *ip, const unsig
     return "other";
 }
 
-static void set_session_fields(struct session *s)
+static void set_session_fields(struct session *s, struct lb_session *lb)
 {
     static const char *tls_names[] = { "off", "on", "ext" };
-    struct lb_session *lb = &s->lb;
     lb_set_str(lb, "id", s->id);
     lb_set_str(lb, "ip", s->ip);
     lb_set_int(lb, "port", s->port);
@@ -1378,7 +1386,10 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     srv.stats.connections_current++;
 
     lb_session_open(&s->lb, s->rt, s, on_hook_done);
-    set_session_fields(s);
+    set_session_fields(s, &s->lb);
+    s->shadow = shadow_open(s->rt, s->id, s->ip);
+    if (s->shadow)
+        set_session_fields(s, shadow_lb(s->shadow));
     char port[16], lport[16];
     snprintf(port, sizeof port, "%d", s->port);
     snprintf(lport, sizeof lport, "%d", s->local_port);
@@ -1386,6 +1397,7 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
            "local_port", lport, "status", s->client_status, NULL);
 
     struct verdict v;
+    SHADOW_HOOK(s, PH_CONNECT, lb_connect(sl, &sv));
     if (hook_wait(s, PH_CONNECT, lb_connect(&s->lb, &v), &v))
         finish_connect(s, &v);
 }
@@ -1417,6 +1429,7 @@ void session_free(struct session *s)
     debugrec_finish(s->rec, s->rt->cfg.spool_dir);
     reset_transaction(s);
     lb_session_close(&s->lb);
+    shadow_close(s->shadow);
     bufferevent_free(s->bev);
     listener_conn_closed(s->lsock, s->ipkey);
     runtime_unref(s->rt);

@@ -253,6 +253,23 @@ local settings = {
   end,
 }
 
+-- shadow = { policies = {...}, scripts = {...}, sample = 1.0 } (DESIGN.md §12)
+settings.shadow = function(n, v, ctx)
+  local out = check_record(n, v, {
+    policies = settings.policies,
+    scripts = function(n2, x) return settings.scripts(n2, x, ctx) end,
+    sample = function(n2, x)
+      check_type(n2, x, "number")
+      if x < 0 or x > 1 then fail(n2 .. ": must be between 0 and 1") end
+      return x
+    end,
+  })
+  out.policies = out.policies or {}
+  out.scripts = out.scripts or {}
+  out.sample = out.sample or 1.0
+  return out
+end
+
 local function make_listener(ctx, line)
   return function(name)
     if type(name) ~= "string" then error("listener: expected a name: listener \"smtp\" { ... }", 2) end
@@ -318,6 +335,16 @@ function M.load(path)
   })
   local ok, rerr = source.run(path, env)
   if not ok then return nil, rerr end
+  -- protection.spf without the spf policy would check nothing, silently.
+  local spf = values.protection and values.protection.spf
+  if spf and spf.mode and spf.mode ~= "off" then
+    local listed = false
+    for _, p in ipairs(values.policies or {}) do if p == "spf" then listed = true end end
+    if not listed then
+      return nil, ('%s:%d: protection.spf.mode = "%s" needs the policy "spf" in policies'):format(
+        path, lines.protection, spf.mode)
+    end
+  end
   values.listeners = ctx.listeners
   values.lines = lines
   values.config_dir = dir

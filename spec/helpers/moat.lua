@@ -594,5 +594,4 @@ function M.message(subject, body)
 end
 
 M.json = json
-M.read_file = read_file
 return M

@@ -138,6 +138,12 @@ describe("moat with a full spool disk", function()
     assert.equals(0, rc, out)
     assert.truthy(out:find("refused_disk_full_total%s+1"), out)
     assert.is_true(srv:alive())
+
+    -- A reload lowers the margin: the next MAIL FROM is accepted.
+    srv:write("moat.conf", (moat.read_file(srv.conf):gsub("min_free_space = 1", "min_free_space = 0")))
+    rc, out = srv:ctl("reload")
+    assert.equals(0, rc, out)
+    assert.equals(250, send(srv.port).final[1])
   end)
 end)
 

@@ -165,4 +165,13 @@ describe("spf policy (integration)", function()
     assert.matches("moat%.conf:%d+: protection%.spf%.mode: expected", out .. err)
     os.execute("rm -rf " .. H.shquote(dir))
   end)
+
+  it("moat --check refuses protection.spf without the spf policy (it would check nothing)", function()
+    local dir, path = H.prepare { tag = "spf-check2", policies = { "relay" },
+                                  extra = 'protection = { spf = { mode = "header" } }' }
+    local rc, out, err = H.check(path)
+    assert.are_not.equal(0, rc)
+    assert.matches('moat%.conf:%d+: protection%.spf%.mode = "header" needs the policy "spf" in policies', out .. err)
+    os.execute("rm -rf " .. H.shquote(dir))
+  end)
 end)
