@@ -23,11 +23,7 @@ local SERVER = settings.server_name or "localhost"
 
 local P = {}
 
-local function exempt(s)
-  if s.status == "client" or s.status == "trusted" or s.user then return true end
-  local ok, list = pcall(moat.list, "cluster_ips")
-  return ok and list and list:contains(s.ip) or false
-end
+local exempt = moat.is_ours
 
 -- A HELO name worth checking: a dotted domain name (not an address literal).
 local function helo_domain(h)

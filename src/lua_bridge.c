@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "callout.h"
 #include "dns.h"
 #include "stats.h"
 #include "lineset.h"
@@ -335,6 +336,52 @@ static int l_dns_reverse(lua_State *L)
     return 1;
 }
 
+/* ---- Reverse Connect ---------------------------------------------------- */
+
+static void callout_done(void *arg, int code, const char *text)
+{
+    struct lb_session *ls = arg;
+    ls->callout = NULL;
+    ls->waiting = 0;
+    lua_pushinteger(ls->co, code);
+    lua_pushstring(ls->co, text);
+    resume_async(ls, 2);
+}
+
+/* moat.core.callout(address, { ip, ... }, port, helo, timeout, max_probes)
+ * -> code, text: the probe's RCPT reply code (0: no verdict, text says why),
+ * or nil, "busy" when max_probes probes are running.  Suspends the session;
+ * a probe already running for the address is joined, not repeated. */
+static int l_callout(lua_State *L)
+{
+    const char *addr = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int port = (int)luaL_checkinteger(L, 3);
+    const char *helo = luaL_checkstring(L, 4);
+    int timeout = (int)luaL_checkinteger(L, 5);
+    int maxp = (int)luaL_checkinteger(L, 6);
+    const char *ips[CALLOUT_MAX_HOSTS];
+    int n = 0;
+    for (int i = 1; i <= (int)luaL_len(L, 2) && n < CALLOUT_MAX_HOSTS; i++) {
+        lua_rawgeti(L, 2, i);
+        const char *ip = lua_tostring(L, -1);
+        lua_pop(L, 1);     /* the string stays alive in the table */
+        if (ip)
+            ips[n++] = ip;
+    }
+    if (port < 1 || port > 65535 || n == 0)
+        return luaL_error(L, "moat.callout: need 1..%d addresses and a port", CALLOUT_MAX_HOSTS);
+    struct lb_session *ls = calling_session(L, "moat.callout");
+    ls->callout = callout_probe(srv.base, addr, ips, n, port, helo, timeout, maxp, callout_done, ls);
+    if (!ls->callout) {
+        lua_pushnil(L);
+        lua_pushstring(L, "busy");
+        return 2;
+    }
+    ls->waiting = 1;
+    return lua_yield(L, 0);
+}
+
 /* ---- moat.core: log, list, config ---------------------------------------- */
 
 static int l_log(lua_State *L)
@@ -540,7 +587,7 @@ static int luaopen_moat_core(lua_State *L)
     static const luaL_Reg fns[] = {
         { "sleep", l_sleep }, { "log", l_log }, { "list", l_list },
         { "dns_query", l_dns_query }, { "dns_query_all", l_dns_query_all },
-        { "dns_reverse", l_dns_reverse }, { "config", l_config },
+        { "dns_reverse", l_dns_reverse }, { "callout", l_callout }, { "config", l_config },
         { "table_text", l_table_text }, { "is_local_address", l_is_local_address }, { "spf_result", l_spf_result },
         { NULL, NULL },
     };
@@ -830,6 +877,8 @@ int lb_session_open(struct lb_session *ls, struct runtime *rt, void *owner,
 
 static void cancel_wait(struct lb_session *ls)
 {
+    callout_cancel(ls->callout);
+    ls->callout = NULL;
     if (ls->timer) {
         event_free(ls->timer);
         ls->timer = NULL;

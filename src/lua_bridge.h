@@ -14,6 +14,7 @@
 struct lua_State;
 struct runtime;
 struct event;
+struct callout_wait;
 
 enum phase {
     PH_CONNECT, PH_HELO, PH_AUTH, PH_MAIL, PH_RCPT, PH_DATA, PH_DATA_LINE, PH_DATA_END,
@@ -60,6 +61,7 @@ struct lb_session {
         int type;
     } dns[16];
     int dns_n, dns_pending, dns_multi, dns_starting, dns_results_ref;
+    struct callout_wait *callout;  /* moat.core.callout: a Reverse Connect probe */
     void (*on_done)(void *owner, const struct verdict *v);
     void *owner;
     /* s:add_header() results, applied to the message by the SMTP layer */

@@ -77,6 +77,19 @@ local protection_spec = {
     return check_record(n, v, { mode = one_of { "off", "header", "reject" }, helo = check_bool,
                                 permerror = one_of { "accept", "reject" } })
   end,
+  reverse_connect = function(n, v)
+    local function secs(n2, x) return check_int(n2, x, 1) end
+    return check_record(n, v, {
+      mode = function(n2, x)
+        if x == "off" or x == "reject" then return x end
+        fail(('%s: expected "off", "reject", got %s'):format(n2, type(x) == "string" and ('"' .. x .. '"') or type(x)))
+      end,
+      timeout = secs, cache_positive = function(n2, x) return check_int(n2, x, 0) end,
+      cache_negative = function(n2, x) return check_int(n2, x, 0) end,
+      port = function(n2, x) return check_int(n2, x, 1, 65535) end,
+      max_probes = secs,
+    })
+  end,
   temp_block = function(n, v)
     return check_record(n, v, {
       failed_logins = pair, protocol_errors = pair,
@@ -335,6 +348,16 @@ function M.load(path)
   })
   local ok, rerr = source.run(path, env)
   if not ok then return nil, rerr end
+  -- protection.spf without the spf policy would check nothing, silently.
+  local spf = values.protection and values.protection.spf
+  if spf and spf.mode and spf.mode ~= "off" then
+    local listed = false
+    for _, p in ipairs(values.policies or {}) do if p == "spf" then listed = true end end
+    if not listed then
+      return nil, ('%s:%d: protection.spf.mode = "%s" needs the policy "spf" in policies'):format(
+        path, lines.protection, spf.mode)
+    end
+  end
   values.listeners = ctx.listeners
   values.lines = lines
   values.config_dir = dir

@@ -139,6 +139,20 @@ local function alive(pid)
 end
 M.alive = alive
 
+-- Gone for good: not just the main thread a zombie, every thread out (a
+-- writer thread inside fsync exits last, and until then the process still
+-- holds its files, the spool lock included: a restart before that fails).
+function M.gone(pid)
+  if alive(pid) then return false end
+  local n = 0
+  if lfs.attributes("/proc/" .. pid .. "/task", "mode") == "directory" then
+    for t in lfs.dir("/proc/" .. pid .. "/task") do
+      if t ~= "." and t ~= ".." then n = n + 1 end
+    end
+  end
+  return n <= 1
+end
+
 -- Wait until f() returns a true value, polling; returns that value or nil.
 function M.poll(f, timeout, step)
   local deadline = socket.gettime() + (timeout or 5)

@@ -157,12 +157,59 @@ describe("spf policy (integration)", function()
     s4:stop()
   end)
 
+  it("1,000 sessions waiting on SPF DNS suspend only themselves: a new session is served at once", function()
+    local socket = require "socket"
+    local hole = DNS.black_hole()
+    local s5 = H.start { tag = "spf-many", policies = { "spf", "relay" },
+                         extra = ('dns = { servers = { "%s" }, timeout_ms = 1500, tries = 1 }\n'
+                                  .. 'protection = { spf = { mode = "reject" } }\n'):format(hole.server) }
+    local conns = {}
+    for i = 1, 1000 do
+      local c = assert(socket.tcp())
+      assert(c:bind("127.0.1." .. (i % 250 + 1), 0))
+      c:settimeout(5)
+      assert(c:connect("127.0.0.1", s5.port))
+      assert(c:receive("*l"):match("^220"))
+      -- pipelined: the MAIL FROM reply waits for the TXT lookup that never comes back
+      assert(c:send(("EHLO h%d.example\r\nMAIL FROM:<a@d%d.example>\r\n"):format(i, i)))
+      conns[i] = c
+    end
+    local t0 = socket.gettime()
+    local c = H.client(s5.port, { source = "127.0.0.1" })   -- a client: no check
+    assert.equal(220, c.greeting_code)
+    assert.equal(250, (c:ehlo("client.example")))
+    assert.equal(250, (c:cmd("MAIL FROM:<a@d1.example>")))
+    c:close()
+    local elapsed = socket.gettime() - t0
+    assert.is_true(elapsed < 1, ("a new session took %.2fs while 1,000 checks waited"):format(elapsed))
+    -- and every waiting session gets its 451 4.7.24 once the lookups time out
+    local tempfails = 0
+    for _, k in ipairs(conns) do
+      local line
+      repeat line = k:receive("*l") until not line or line:match("^%d%d%d ") and not line:match("^250")
+      if line and line:match("^451 4%.7%.24 ") then tempfails = tempfails + 1 end
+      k:close()
+    end
+    assert.equal(1000, tempfails)
+    s5:stop()
+    hole:stop()
+  end)
+
   it("moat --check refuses mode = \"rejekt\" naming the file and line", function()
     local dir, path = H.prepare { tag = "spf-check", policies = { "spf", "relay" },
                                   extra = 'protection = { spf = { mode = "rejekt" } }' }
     local rc, out, err = H.check(path)
     assert.are_not.equal(0, rc)
     assert.matches("moat%.conf:%d+: protection%.spf%.mode: expected", out .. err)
+    os.execute("rm -rf " .. H.shquote(dir))
+  end)
+
+  it("moat --check refuses protection.spf without the spf policy (it would check nothing)", function()
+    local dir, path = H.prepare { tag = "spf-check2", policies = { "relay" },
+                                  extra = 'protection = { spf = { mode = "header" } }' }
+    local rc, out, err = H.check(path)
+    assert.are_not.equal(0, rc)
+    assert.matches('moat%.conf:%d+: protection%.spf%.mode = "header" needs the policy "spf" in policies', out .. err)
     os.execute("rm -rf " .. H.shquote(dir))
   end)
 end)
