@@ -95,6 +95,12 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\nreloaded: generation %lu\n", srv.rt->generation);
         else
             evbuffer_add_printf(out, "error: %s\n", err);
+    } else if (strcmp(line, "promote") == 0) {
+        char err[2048];
+        if (server_promote(err, sizeof err) == 0)
+            evbuffer_add_printf(out, "ok\npromoted: the shadow set is live, generation %lu\n", srv.rt->generation);
+        else
+            evbuffer_add_printf(out, "error: %s\n", err);
     } else if (strcmp(line, "queue") == 0 || strcmp(line, "flush") == 0) {
         if (!delivery_running()) {
             evbuffer_add_printf(out, "error: no queue runner (delivery mode is not \"relay\")\n");
@@ -116,7 +122,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         delivery_dns_flush();
         evbuffer_add_printf(out, "ok\nflushed: %lu DNS cache entries\n", cs.entries);
     } else if (strcmp(line, "shadow") == 0) {
-        evbuffer_add_printf(out, "ok\nshadow: %s\n", srv.rt->shadow ? "on" : "off");
+        evbuffer_add_printf(out, "ok\nshadow: %s\n", srv.rt->shadow ? "on" : srv.rt->promoted ? "promoted (the shadow lists are live)" : "off");
         shadow_report(out);
     } else if (strcmp(line, "blocked") == 0) {
         evbuffer_add_printf(out, "ok\n");
@@ -136,7 +142,7 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         c->waiting = 1;
         lb_task(srv.rt, "moat.spf", "control", arg ? arg : "", test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, shadow, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, promote, stats, shadow, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
     }
 }
 

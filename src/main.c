@@ -89,6 +89,21 @@ int server_reload(char *err, size_t errlen)
     return rc;
 }
 
+int server_promote(char *err, size_t errlen)
+{
+    if (!srv.rt->shadow) {
+        snprintf(err, errlen, "%s", runtime_promoted ? "the shadow set is already live (promoted)" : "no shadow configured");
+        return -1;
+    }
+    runtime_promoted = 1;
+    int rc = server_reload(err, errlen);
+    if (rc != 0)
+        runtime_promoted = 0;   /* broken: nothing changed, the shadow keeps running */
+    else
+        log_kv(LOG_WARN, "shadow_promoted", "note", "until shadow = {...} is removed from the config, reloads keep the shadow lists live", NULL);
+    return rc;
+}
+
 static int reload(char *err, size_t errlen)
 {
     struct runtime *rt = runtime_load(srv.rt->cfg.path, err, errlen);
@@ -119,6 +134,7 @@ static int reload(char *err, size_t errlen)
     else
         watch_stop();
     srv.stats.reloads_ok++;
+    runtime_promoted = rt->promoted;   /* a config without a shadow ends a promotion */
     char gen[32];
     snprintf(gen, sizeof gen, "%lu", rt->generation);
     log_kv(LOG_INFO, "reloaded", "generation", gen, NULL);

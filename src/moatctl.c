@@ -9,7 +9,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moatctl [-s SOCKET] reload | stats | shadow | test-address IP | spf IP SENDER [HELO] | blocked | unblock IP | queue | flush | dns flush\n"
+    fprintf(f, "usage: moatctl [-s SOCKET] reload | promote | stats | shadow | test-address IP | spf IP SENDER [HELO] | blocked | unblock IP | queue | flush | dns flush\n"
                "  SOCKET defaults to $MOAT_SOCKET, else var/moat.sock\n");
 }
 

@@ -36,11 +36,18 @@ const char *runtime_root(void)
 /* The shadow chain: the same configuration parsed again on a state of its
  * own, with shadow.policies/scripts as its chain.  A broken shadow fails the
  * whole load, so a reload with one changes nothing (and says why). */
+int runtime_promoted;
+
 static int load_shadow(struct runtime *live, char *err, size_t errlen)
 {
     double sample;
     if (!lb_shadow_sample(live, &sample))
         return 0;
+    if (runtime_promoted) {
+        /* The shadow's lists are the live chain now; nothing runs beside it. */
+        live->promoted = 1;
+        return lb_shadow_chain(live);
+    }
     struct runtime *sh = calloc(1, sizeof *sh);
     sh->refs = 1;
     stats_runtime_created();
@@ -82,8 +89,9 @@ struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
         tls_load(&rt->cfg, &rt->tls, err, errlen) != 0 ||
         (rt->cfg.accounts_path &&
          !(rt->accounts = accounts_load(rt->cfg.accounts_path, &rt->cfg, err, errlen))) ||
+        (runtime_promoted && load_shadow(rt, err, errlen) != 0) ||
         lb_load_policies(rt, err, errlen) != 0 ||
-        load_shadow(rt, err, errlen) != 0) {
+        (!rt->promoted && load_shadow(rt, err, errlen) != 0)) {
         runtime_unref(rt);
         return NULL;
     }

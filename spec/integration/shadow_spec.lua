@@ -2,6 +2,7 @@
 -- live sessions whose verdicts are only logged and counted, never given to
 -- the client and never changing what is stored.
 local moat = require "helpers.moat"
+local DNS = require "helpers.dns"
 
 -- One whole transaction to joe@example.test; returns the RCPT and DATA-end codes.
 local function send_one(srv)
@@ -34,7 +35,10 @@ local function shadow_conf(sample)
 end
 
 describe("moat shadow chain", function()
-  after_each(function() moat.stop_all() end)
+  after_each(function()
+    moat.stop_all()
+    DNS.stop_all()
+  end)
 
   it("a shadow that rejects at RCPT: the client gets 250, the message is stored, the difference logged and counted", function()
     local srv = moat.start { files = { ["next.lua"] = REJECTER }, extra = shadow_conf() }
@@ -90,5 +94,79 @@ describe("moat shadow chain", function()
     assert.is_not.equals(0, rc)
     assert.matches("shadow: .*next%.lua", out .. err)
     os.execute("rm -rf " .. moat.shquote(dir))
+  end)
+
+  it("DNS is shared: the same question from both chains is one query", function()
+    local d = DNS.retry_start(DNS.start, { a = { ["mx1.good.example"] = "192.0.2.1" }, ttl = 60 })
+    local ASK = [[
+      local moat = require "moat"
+      return { rcpt = function(s, rcpt)
+        local ans = moat.dns.query("mx1.good.example", "A")
+        if %s then return moat.reject(550, "5.7.1 saw " .. table.concat(ans or {}, ",")) end
+      end }
+    ]]
+    local srv = moat.start { scripts = { ["live.lua"] = ASK:format("false") },
+                             files = { ["next.lua"] = ASK:format("true") },
+                             extra = shadow_conf() .. ('\ndns = { servers = { "%s" }, timeout_ms = 500, tries = 1 }'):format(d.server) }
+    local rcpt, fin = send_one(srv)
+    assert.equals(250, rcpt)
+    assert.equals(250, fin)
+    srv:wait_log('event=shadow_diff session=[^ ]+ phase=rcpt ip=127%.0%.0%.1 live=none shadow="550 5%.7%.1 saw 192%.0%.2%.1" policy=next%.lua')
+    assert.equals(1, d:asked("mx1.good.example", "A"))
+  end)
+
+  it("a reload starts, replaces and ends the shadow", function()
+    local srv = moat.start { files = { ["next.lua"] = REJECTER } }
+    local base = moat.read_file(srv.dir .. "/moat.conf")
+    local _, out = srv:ctl("shadow")
+    assert.matches("shadow: off", out, 1, true)
+    srv:write("moat.conf", base .. "\n" .. shadow_conf() .. "\n")
+    assert.equals(0, (srv:ctl("reload")))
+    _, out = srv:ctl("shadow")
+    assert.matches("shadow: on", out, 1, true)
+    assert.equals(250, (send_one(srv)))
+    srv:wait_log('event=shadow_diff session=[^ ]+ phase=rcpt .*policy=next%.lua')
+    -- replaced: the new shadow script accepts, no further difference
+    srv:write("next.lua", "return {}\n")
+    assert.equals(0, (srv:ctl("reload")))
+    assert.equals(250, (send_one(srv)))
+    -- ended
+    srv:write("moat.conf", base)
+    assert.equals(0, (srv:ctl("reload")))
+    _, out = srv:ctl("shadow")
+    assert.matches("shadow: off", out, 1, true)
+    srv:write("next.lua", REJECTER)
+    assert.equals(250, (send_one(srv)))
+    assert.equals(1, moat.count(srv:log(), "event=shadow_diff"))
+    assert.equals(3, #srv:spool_files())
+  end)
+
+  it("moatctl promote makes the shadow set live and ends the shadow; a broken shadow changes nothing", function()
+    local srv = moat.start { files = { ["next.lua"] = REJECTER }, extra = shadow_conf() }
+    assert.equals(250, (send_one(srv)))
+    -- broken on disk: promote is refused, live and shadow unchanged
+    srv:write("next.lua", "return {")
+    local rc, out = srv:ctl("promote")
+    assert.is_not.equals(0, rc)
+    assert.matches("error: .*next%.lua", out)
+    local _, sh = srv:ctl("shadow")
+    assert.matches("shadow: on", sh, 1, true)
+    srv:write("next.lua", REJECTER)
+    rc, out = srv:ctl("promote")
+    assert.equals(0, rc, out)
+    assert.matches("promoted: the shadow set is live", out, 1, true)
+    _, sh = srv:ctl("shadow")
+    assert.matches("shadow: promoted", sh, 1, true)
+    -- the client now gets the shadow's verdict
+    local c = moat.client(srv.port)
+    assert.equals(250, (c:ehlo()))
+    assert.equals(250, (c:cmd("MAIL FROM:<sender@remote.example>")))
+    assert.same({ 550, "550 5.7.1 the new policy says no" }, { c:cmd("RCPT TO:<joe@example.test>") })
+    c:close()
+    -- a plain reload keeps it promoted while the file still has the shadow
+    assert.equals(0, (srv:ctl("reload")))
+    _, sh = srv:ctl("shadow")
+    assert.matches("shadow: promoted", sh, 1, true)
+    assert.equals(1, moat.count(srv:log(), "event=shadow_diff"))
   end)
 end)
