@@ -101,6 +101,8 @@ static int collect(struct metric *m)
     M("refused_restrict_total", "Connections closed by a socket's grant/deny list", "counter", st->refused_restrict);
     M("refused_limit_total", "Connections refused by connection limits", "counter", st->refused_limit);
     M("refused_blocked_total", "Connections refused: temporarily blocked address", "counter", st->refused_blocked);
+    M("refused_proxy_total", "Connections closed on a proxy = true socket before the header was accepted", "counter",
+      st->refused_proxy);
     M("transactions_total", "MAIL transactions started", "counter", st->transactions);
     M("messages_accepted_total", "Messages spooled", "counter", st->messages_accepted);
     M("messages_rejected_total", "Messages refused at DATA or after the dot", "counter", st->messages_rejected);

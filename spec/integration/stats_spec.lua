@@ -19,7 +19,7 @@ end
 -- The counters (not the gauges) of stats.c, for the "nothing else moved" checks.
 local COUNTERS = {
   "connections_total", "refused_denied_total", "refused_restrict_total", "refused_limit_total",
-  "refused_blocked_total", "transactions_total", "messages_accepted_total", "messages_rejected_total",
+  "refused_blocked_total", "refused_proxy_total", "transactions_total", "messages_accepted_total", "messages_rejected_total",
   "messages_discarded_total", "rcpts_accepted_total", "rcpts_rejected_total", "hook_errors_total",
   "dns_queries_total", "dns_timeouts_total", "dns_failures_total",
   "dns_cache_hits_total", "dns_cache_misses_total", "dns_cache_joined_total", "spool_commits_total",
