@@ -28,6 +28,8 @@ local COUNTERS = {
   "spf_pass_total", "spf_fail_total", "spf_softfail_total", "spf_neutral_total", "spf_none_total",
   "spf_permerror_total", "spf_temperror_total",
   "shadow_hooks_total", "shadow_skipped_total", "shadow_errors_total",
+  "callout_ok_total", "callout_rejected_total", "callout_tempfail_total", "callout_cached_total",
+  "callout_probes_total", "callout_joined_total",
 }
 
 local function verdict_key(policy, phase, action, code)
@@ -235,7 +237,7 @@ describe("moat stats and metrics", function()
     for name in pairs(st) do names[#names + 1] = name end
     for _, name in ipairs(COUNTERS) do want[#want + 1] = name end
     for _, name in ipairs { "connections_current", "spool_commit_seconds_sum", "spool_commit_seconds_max",
-                            "generation", "runtimes_live", "lua_memory_bytes", "dns_cache_entries" } do want[#want + 1] = name end
+                            "generation", "runtimes_live", "lua_memory_bytes", "dns_cache_entries", "callout_running" } do want[#want + 1] = name end
     table.sort(names)
     table.sort(want)
     assert.same(want, names, text)
