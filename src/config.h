@@ -73,6 +73,7 @@ struct config {
     int spool_threads;
     int spool_syncfs;         /* spool_sync = "syncfs" */
     char *control_socket;
+    int shutdown_timeout;     /* seconds SIGTERM lets sessions finish */
     char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;

@@ -81,6 +81,10 @@ static int reload(char *err, size_t errlen);
 
 int server_reload(char *err, size_t errlen)
 {
+    if (srv.stopping) {   /* a reload would open the listeners again */
+        snprintf(err, errlen, "moat is stopping: reload refused");
+        return -1;
+    }
     sdnotify_reloading();
     int rc = reload(err, errlen);
     notify_ready(rc == 0 ? "reloaded" : "reload failed, running");
@@ -132,14 +136,47 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     server_reload(err, sizeof err);
 }
 
+static struct event *drain_timer;
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    char n[16];
+    snprintf(n, sizeof n, "%d", smtp_sessions_open());
+    log_kv(LOG_INFO, "shutdown_timeout", "sessions", n, NULL);
+    event_base_loopbreak(srv.base);   /* main() closes the rest with 421 */
+}
+
+/* Graceful stop: no new connection from now on, sessions between commands
+ * get 421 4.3.2, the others finish what they are doing (a message in DATA,
+ * a spool write) for up to shutdown_timeout seconds.  A second signal stops
+ * at once. */
 static void on_term(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     (void)arg;
-    log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
+    const char *name = sig == SIGINT ? "INT" : "TERM";
+    if (srv.stopping) {
+        log_kv(LOG_INFO, "stopping_now", "signal", name, NULL);
+        event_base_loopbreak(srv.base);
+        return;
+    }
+    char n[16];
+    snprintf(n, sizeof n, "%d", smtp_sessions_open());
+    log_kv(LOG_INFO, "stopping", "signal", name, "sessions", n, NULL);
     srv.stopping = 1;
-    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s", sig == SIGINT ? "INT" : "TERM");
-    event_base_loopbreak(srv.base);
+    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s, %s session(s) to finish", name, n);
+    listeners_close();
+    smtp_drain();
+    if (smtp_sessions_open() == 0) {
+        event_base_loopbreak(srv.base);
+        return;
+    }
+    drain_timer = evtimer_new(srv.base, on_drain_timeout, NULL);
+    struct timeval tv = { srv.rt->cfg.shutdown_timeout, 0 };
+    evtimer_add(drain_timer, &tv);
 }
 
 static int check_only(const char *path)
@@ -265,6 +302,8 @@ int main(int argc, char **argv)
         event_free(hup);
         event_free(term);
         event_free(intr);
+        if (drain_timer)
+            event_free(drain_timer);
     }
     listeners_close();
     control_close();
