@@ -26,14 +26,16 @@
 #include "replay.h"
 #include "privdrop.h"
 #include "sdnotify.h"
+#include "printconfig.h"
 
 struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check | --replay SESSION.smtp]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --print-config | --replay SESSION.smtp]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
                "  --check     load the config, every table and every script; report the first error\n"
+               "  --print-config  print the effective configuration, defaults included (config syntax)\n"
                "  --replay F  run the client session in F through the policies and print the replies\n");
 }
 
@@ -254,6 +256,8 @@ int main(int argc, char **argv)
             config = argv[++i];
         else if (strcmp(argv[i], "--check") == 0)
             check = 1;
+        else if (strcmp(argv[i], "--print-config") == 0)
+            check = 2;
         else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
             replay = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -268,6 +272,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (check == 2)
+        return print_config(config);
     if (check)
         return check_only(config);
     if (replay) {

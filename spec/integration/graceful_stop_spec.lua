@@ -10,9 +10,12 @@ local function launch(extra)
   local dir, conf, vars = moat.prepare { extra = extra }
   local sh = ("MOAT_ROOT=%s %s -c %s </dev/null >/dev/null 2>%s/moat.log & echo $! >%s/pid; wait $!; echo $? >%s/rc"):format(
     moat.shquote(moat.root), moat.shquote(moat.bin()), moat.shquote(conf), dir, dir, dir)
-  moat.spawn("exec sh -c " .. moat.shquote(sh))
+  -- stdout/stderr away from busted's: a stray child must not hold its pipe open
+  moat.spawn("exec sh -c " .. moat.shquote(sh) .. " >/dev/null 2>&1")
   local srv = { dir = dir, port = vars.PORT }
-  srv.pid = tonumber(moat.poll(function() return moat.read_file(dir .. "/pid") end, 5))
+  -- the file may exist before the shell has written the number into it
+  srv.pid = tonumber(moat.poll(function() return (moat.read_file(dir .. "/pid") or ""):match("^(%d+)\n") end, 5))
+  assert(srv.pid, "no pid")
   assert(moat.poll(function() return (moat.read_file(dir .. "/moat.log") or ""):find("event=started", 1, true) end, 10),
     "moat did not start: " .. tostring(moat.read_file(dir .. "/moat.log")))
   function srv.rc() return tonumber(moat.read_file(dir .. "/rc") or "") end
@@ -40,7 +43,7 @@ end
 describe("graceful stop", function()
   local srv
   after_each(function()
-    if srv and moat.alive(srv.pid) then os.execute("kill -KILL " .. srv.pid) end
+    if srv and srv.pid and moat.alive(srv.pid) then os.execute("kill -KILL " .. srv.pid) end
     if srv and not os.getenv("MOAT_KEEP_TMP") then os.execute("rm -rf " .. moat.shquote(srv.dir)) end
   end)
 
