@@ -17,7 +17,7 @@ SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 CORE    := $(sort $(patsubst src/%.c,%,$(filter-out src/main.c src/moatctl.c,$(wildcard src/*.c))))
 OBJ     := $(CORE:%=build/%.o) build/main.o
 ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
-UNIT    := iplist dns address tempblock
+UNIT    := iplist dns dnscache address tempblock
 BUSTED  := lua5.4 /usr/bin/busted
 
 .PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench fuzz fuzz-build
@@ -71,7 +71,8 @@ build/moat-asan: $(ASANOBJ)
 # Each C unit test links only the modules it tests (ASan+UBSan build).
 TEST_address := address
 TEST_iplist  := iplist
-TEST_dns     := dns log
+TEST_dns     := dns dnscache log
+TEST_dnscache := dnscache
 TEST_tempblock := tempblock
 define unit_test
 build/test_$(1): tests/unit/test_$(1).c $$(TEST_$(1):%=build/asan/%.o) | build

@@ -21,7 +21,13 @@
 -- from a client address (s.roaming_allowed == false, set by the AUTH code,
 -- gives 535 5.7.8 elsewhere).
 local moat = require "moat"
+local status = require "moat.status"
 local P = {}
+
+-- protection.client_by_dns_name makes clients only at connect (it needs the
+-- PTR and its forward lookup); the blacklist and rbl policies settle it too,
+-- and whichever runs first asks everything in one batch (moat.status.apply).
+function P.connect(s) status.apply(s, {}) end
 
 local INSIDE = { ["local"] = true, null = true, spamtrap = true }
 

@@ -134,6 +134,7 @@ static void auth_finish(struct session *s, const char *user, int ok, const char 
         log_kv(LOG_WARN, "auth_failed", "session", s->id, "ip", s->ip, "user", user, "reason", why, NULL);
     s->auth_ok = ok;
     struct verdict v;
+    SHADOW_HOOK(s, PH_AUTH, lb_auth(sl, user, ok, &sv));
     if (hook_wait(s, PH_AUTH, lb_auth(&s->lb, user, ok, &v), &v))
         finish_auth_hook(s, &v);
 }
@@ -146,8 +147,8 @@ void finish_auth_hook(struct session *s, const struct verdict *v)
         log_kv(LOG_INFO, "auth_refused", "session", s->id, "ip", s->ip, "user", s->auth_user, "policy", v->policy, NULL);
     } else if (ok) {
         snprintf(s->user, sizeof s->user, "%s", s->auth_user);
-        lb_set_str(&s->lb, "user", s->user);
-        lb_set_bool(&s->lb, "relay_allowed", s->relay_allowed);
+        LB_BOTH(lb_set_str, s, "user", s->user);
+        LB_BOTH(lb_set_bool, s, "relay_allowed", s->relay_allowed);
         log_kv(LOG_INFO, "auth", "session", s->id, "ip", s->ip, "user", s->user,
                "relay", s->relay_allowed ? "yes" : "no", NULL);
         if (srv.tempblock) {

@@ -55,11 +55,15 @@ static int read_dns(lua_State *L, struct config *c)
 {
     c->dns_timeout_ms = 500;
     c->dns_tries = 2;
+    c->dns_cache_size = 10000;
+    c->dns_cache_max_ttl = 3600;
     c->dns_servers = strdup("");
     lua_getfield(L, -1, "dns");
     if (lua_istable(L, -1)) {
         c->dns_timeout_ms = (int)get_int(L, "timeout_ms", 500);
         c->dns_tries = (int)get_int(L, "tries", 2);
+        c->dns_cache_size = (int)get_int(L, "cache_size", 10000);
+        c->dns_cache_max_ttl = (int)get_int(L, "cache_max_ttl", 3600);
         char **servers;
         int n;
         read_string_list(L, "servers", &servers, &n);
@@ -104,6 +108,9 @@ static int read_socket(lua_State *L, struct config *c, struct listener_conf *l, 
                      : strcmp(r, "deny") == 0  ? RESTRICT_DENY : RESTRICT_NONE;
     free(r);
     s->remote_text = get_str(L, "remote", NULL);
+    lua_getfield(L, -1, "proxy");
+    s->proxy = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (strcasecmp(s->address, "all") != 0) {
         unsigned char key[16];
         if (ip_key_from_str(s->address, key) != 0) {
@@ -396,6 +403,31 @@ static void read_limits(lua_State *L, struct config *c)
     lua_pop(L, 1);
 }
 
+/* proxy_from: required as soon as one socket expects PROXY headers, since
+ * a header from anyone else would let any client pick its own address. */
+static int read_proxy_from(lua_State *L, struct config *c, char *err, size_t errlen)
+{
+    char *text = get_str(L, "proxy_from", NULL);
+    int rc = 0;
+    if (text) {
+        char name[512];
+        snprintf(name, sizeof name, "%s: proxy_from", c->path);
+        c->proxy_from = iplist_new();
+        if (iplist_parse(c->proxy_from, text, strlen(text), name, 1, 1, err, errlen) != 0)
+            rc = -1;
+        iplist_finish(c->proxy_from);
+    }
+    free(text);
+    for (int li = 0; rc == 0 && li < c->nlisteners; li++)
+        for (int si = 0; rc == 0 && si < c->listeners[li].nsocks; si++)
+            if (c->listeners[li].socks[si].proxy && !c->proxy_from) {
+                snprintf(err, errlen, "%s: listener '%s' socket %d has proxy = true but proxy_from is not set",
+                         c->path, c->listeners[li].name, si + 1);
+                rc = -1;
+            }
+    return rc;
+}
+
 int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen)
 {
     lua_pushvalue(L, idx);
@@ -408,6 +440,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     read_string_list(L, "local_domains", &c->local_domains, &c->nlocal_domains);
     c->spool_dir = get_str(L, "spool_dir", NULL);
     c->spool_threads = (int)get_int(L, "spool_threads", 4);
+    c->min_free_space_mb = get_int(L, "min_free_space", 0);
     char *sync = get_str(L, "spool_sync", "fsync");
     c->spool_syncfs = strcmp(sync, "syncfs") == 0;
     free(sync);
@@ -434,6 +467,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     read_temp_block(L, c);
     if (rc == 0)
         rc = read_listeners(L, c, err, errlen);
+    if (rc == 0)
+        rc = read_proxy_from(L, c, err, errlen);
     if (rc == 0)
         rc = read_ip_tables(L, c, err, errlen);
     if (rc == 0)
@@ -494,5 +529,6 @@ void config_free(struct config *c)
     free(c->domains);
     for (int t = 0; t < T_NTABLES; t++)
         iplist_free(c->ip[t]);
+    iplist_free(c->proxy_from);
     memset(c, 0, sizeof *c);
 }

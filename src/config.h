@@ -24,6 +24,7 @@ struct sock_conf {
     enum restrict_mode restrict_mode;
     iplist *remote;           /* grant/deny list, NULL with RESTRICT_NONE */
     char *remote_text;        /* as written, to tell whether a reload changed it */
+    int proxy;                /* proxy = true: a PROXY header precedes SMTP (§9) */
 };
 
 struct listener_conf {
@@ -72,11 +73,14 @@ struct config {
     char *spool_dir;
     int spool_threads;
     int spool_syncfs;         /* spool_sync = "syncfs" */
+    long min_free_space_mb;   /* MAIL FROM gets 452 4.3.1 below this much free in spool_dir; 0 = off */
     char *control_socket;
     int shutdown_timeout;     /* seconds SIGTERM lets sessions finish */
     char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;
+    int dns_cache_size;       /* entries, 0 = no cache (and no query sharing) */
+    int dns_cache_max_ttl;    /* s, cap on any cached TTL */
     char *log_level;
     int watch;                /* reload when a loaded file changes */
     char *metrics_address;    /* Prometheus endpoint, NULL = off */
@@ -87,6 +91,8 @@ struct config {
 
     struct domain_conf *domains;
     int ndomains;
+
+    iplist *proxy_from;       /* who may send PROXY headers; NULL = not set */
 
     iplist *ip[T_NTABLES];    /* NULL when the table is not configured */
     char *accounts_path;      /* tables.accounts, NULL if not set */

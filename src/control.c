@@ -15,12 +15,14 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "shadow.h"
 #include "lua_bridge.h"
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
 #include "stats.h"
 #include "delivery.h"
+#include "dnscache.h"
 #include "tempblock.h"
 #include <time.h>
 
@@ -82,7 +84,7 @@ static void cmd_unblock(const char *ip, struct evbuffer *out)
 
 static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
 {
-    char *arg = strchr(line, ' ');
+    char *arg = strpbrk(line, " \t");   /* moatctl uses tabs when an argument has spaces */
     if (arg)
         *arg++ = '\0';
     if (strcmp(line, "stats") == 0) {
@@ -91,6 +93,12 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         char err[2048];
         if (server_reload(err, sizeof err) == 0)
             evbuffer_add_printf(out, "ok\nreloaded: generation %lu\n", srv.rt->generation);
+        else
+            evbuffer_add_printf(out, "error: %s\n", err);
+    } else if (strcmp(line, "promote") == 0) {
+        char err[2048];
+        if (server_promote(err, sizeof err) == 0)
+            evbuffer_add_printf(out, "ok\npromoted: the shadow set is live, generation %lu\n", srv.rt->generation);
         else
             evbuffer_add_printf(out, "error: %s\n", err);
     } else if (strcmp(line, "queue") == 0 || strcmp(line, "flush") == 0) {
@@ -103,6 +111,19 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
             evbuffer_add_printf(out, "ok\n");
             delivery_queue_text(out);
         }
+    } else if (strcmp(line, "dns") == 0) {
+        if (!arg || strcmp(arg, "flush") != 0) {
+            evbuffer_add_printf(out, "error: usage: dns flush\n");
+            return;
+        }
+        struct dnscache_stats cs;
+        dnscache_get_stats(srv.dnscache, &cs);
+        dnscache_flush(srv.dnscache);
+        delivery_dns_flush();
+        evbuffer_add_printf(out, "ok\nflushed: %lu DNS cache entries\n", cs.entries);
+    } else if (strcmp(line, "shadow") == 0) {
+        evbuffer_add_printf(out, "ok\nshadow: %s\n", srv.rt->shadow ? "on" : srv.rt->promoted ? "promoted (the shadow lists are live)" : "off");
+        shadow_report(out);
     } else if (strcmp(line, "blocked") == 0) {
         evbuffer_add_printf(out, "ok\n");
         tb_foreach(srv.tempblock, time(NULL), list_blocked, out);
@@ -115,8 +136,13 @@ static void run_command(struct ctl_conn *c, char *line, struct evbuffer *out)
         }
         c->waiting = 1;
         lb_task(srv.rt, "moat.status", "test_address", arg, test_address_done, c);
+    } else if (strcmp(line, "spf") == 0) {
+        /* RFC 7208 check_host() on the daemon's resolver (DESIGN §8); the
+         * Lua side answers "error: ..." for bad arguments. */
+        c->waiting = 1;
+        lb_task(srv.rt, "moat.spf", "control", arg ? arg : "", test_address_done, c);
     } else {
-        evbuffer_add_printf(out, "error: unknown command '%s' (reload, stats, test-address, blocked, unblock, queue, flush)\n", line);
+        evbuffer_add_printf(out, "error: unknown command '%s' (reload, promote, stats, shadow, test-address, spf, blocked, unblock, queue, flush, dns flush)\n", line);
     }
 }
 

@@ -12,5 +12,7 @@ void control_close(void);
 
 /* Implemented by main.c: reload everything; 0 or -1 with err. */
 int server_reload(char *err, size_t errlen);
+/* moatctl promote: reload with the shadow lists as the live chain. */
+int server_promote(char *err, size_t errlen);
 
 #endif

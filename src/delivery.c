@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "dnscache.h"
 #include "envelope.h"
 #include "log.h"
 #include "smtpc.h"
@@ -71,6 +72,7 @@ static struct {
     int ndests;
     struct attempt *attempts;
     int stopping;
+    dnscache *cache;
 } R = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void finish_attempt(struct attempt *a);
@@ -823,6 +825,12 @@ void delivery_poke(void)
     (void)w;
 }
 
+void delivery_dns_flush(void)
+{
+    if (R.running)
+        dnscache_request_flush(R.cache); /* the runner empties it itself */
+}
+
 void delivery_flush(void)
 {
     __atomic_store_n(&R.flush, 1, __ATOMIC_RELEASE);
@@ -862,6 +870,10 @@ int delivery_start(const struct config *c, char *err, size_t errlen)
     R.dns = dns_new(R.base, c->dns_servers, c->dns_timeout_ms, c->dns_tries, err, errlen);
     if (!R.dns)
         return -1;
+    /* The runner's own cache: its loop is another thread, and the cache is
+     * single-threaded by design (no lock on the sessions' hot path). */
+    R.cache = dnscache_new((size_t)c->dns_cache_size, (unsigned)c->dns_cache_max_ttl);
+    dns_set_cache(R.dns, R.cache);
     int p[2];
     if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
         snprintf(err, errlen, "delivery: pipe: %s", strerror(errno));
@@ -900,6 +912,8 @@ void delivery_stop(void)
     close(R.pipe_rd);
     close(R.pipe_wr);
     dns_free(R.dns);
+    dnscache_free(R.cache);
+    R.cache = NULL;
     event_base_free(R.base);
     while (R.queue) {
         struct qmsg *m = R.queue;

@@ -20,6 +20,7 @@ struct evbuffer;
 int delivery_start(const struct config *c, char *err, size_t errlen);
 void delivery_stop(void);
 void delivery_poke(void);                       /* a message was spooled */
+void delivery_dns_flush(void);                  /* the runner's DNS cache, from any thread */
 void delivery_flush(void);                      /* retry everything now */
 void delivery_queue_text(struct evbuffer *out); /* moatctl queue */
 int delivery_running(void);

@@ -14,15 +14,18 @@
  * resolver, and the outermost frame destroys it once c-ares has unwound
  * (destroying a channel from inside its own processing is undefined). */
 #include "dns.h"
+#include "dnscache.h"
 
 #include <arpa/inet.h>
 #include <arpa/nameser.h>
 #include <ares.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -41,7 +44,24 @@ struct dns_query {
     int status;              /* result parked on the ready list */
     dns_answer *ans;
     struct dns_query *next;  /* ready list link */
+    struct dns_query *wnext; /* the lookup's waiter list */
 };
+
+/* One question on the wire; every dns_query asking it waits on it.  With a
+ * cache the lookup is findable by (name, type) so later askers join it
+ * instead of sending the same question again; without one (cache_size 0)
+ * each dns_query has its own, as before the cache existed. */
+struct dns_lookup {
+    dns *d;
+    enum dns_type type;
+    uint32_t hash;
+    int shared;                /* in d->pending */
+    dns_query *waiters;
+    struct dns_lookup *hnext;
+    char name[];
+};
+
+#define PENDING_BUCKETS 1024   /* in-flight questions; chains stay short */
 
 struct dns {
     struct event_base *base;
@@ -59,6 +79,8 @@ struct dns {
     int timer_armed, timer_exact;
     struct timeval timer_at; /* monotonic time the timer is due */
     struct dns_stats st;
+    dnscache *cache;         /* not owned; NULL = no caching, no joining */
+    struct dns_lookup *pending[PENDING_BUCKETS];
 };
 
 static void destroy(dns *d);
@@ -93,12 +115,7 @@ static int map_ares_status(int s)
 
 static void answer_free(dns_answer *a)
 {
-    if (!a)
-        return;
-    for (int i = 0; i < a->n; i++)
-        free(a->rr[i].text);
-    free(a->rr);
-    free(a);
+    dnscache_answer_free(a); /* one layout for parsed and cached answers */
 }
 
 static dns_answer *answer_new(int cap)
@@ -248,8 +265,9 @@ static char *txt_join(const struct ares_txt_ext *r)
         return NULL;
     for (const struct ares_txt_ext *p = r; p && (p == r || !p->record_start); p = p->next)
         for (size_t i = 0; i < p->length; i++)
-            if (p->txt[i]) /* a NUL would silently truncate the C string */
-                *w++ = (char)p->txt[i];
+            /* A NUL would silently truncate the C string; DEL stands in for it, so
+             * the record stays visibly invalid (SPF: a permerror, RFC 7208 §3.1). */
+            *w++ = p->txt[i] ? (char)p->txt[i] : '\x7f';
     *w = '\0';
     return s;
 }
@@ -467,23 +485,22 @@ static void ready_push(dns *d, dns_query *q, int status, dns_answer *ans)
     event_active(d->deliver, EV_TIMEOUT, 1);
 }
 
-static void on_ares_done(void *arg, int astatus, int timeouts, unsigned char *buf, int len)
+static void pending_remove(dns *d, struct dns_lookup *l)
 {
-    (void)timeouts;
-    dns_query *q = arg;
-    dns *d = q->d;
-    dns_answer *ans = NULL;
-    int status;
+    if (!l->shared)
+        return;
+    struct dns_lookup **pp = &d->pending[l->hash % PENDING_BUCKETS];
+    while (*pp && *pp != l)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = l->hnext;
+    l->shared = 0;
+}
 
-    d->inflight--;
-    if (astatus == ARES_EDESTRUCTION) {
-        status = DNS_ERROR; /* our own dns_free: not a resolver failure */
-    } else {
-        if (astatus == ARES_SUCCESS && !q->cancelled)
-            astatus = parse_reply(q->type, buf, len, &ans);
-        status = map_ares_status(astatus);
-        count(d, status);
-    }
+/* Gives one waiter its result: now, or from the loop if we are still inside
+ * dns_query_start (the callback must not run before it returns). */
+static void hand_over(dns *d, dns_query *q, int status, dns_answer *ans)
+{
     if (d->free_pending && status == DNS_OK) {
         answer_free(ans);
         ans = NULL;
@@ -493,6 +510,46 @@ static void on_ares_done(void *arg, int astatus, int timeouts, unsigned char *bu
         ready_push(d, q, status, ans);
     else
         finish(q, status, ans);
+}
+
+static void on_ares_done(void *arg, int astatus, int timeouts, unsigned char *buf, int len)
+{
+    (void)timeouts;
+    struct dns_lookup *l = arg;
+    dns *d = l->d;
+    dns_answer *ans = NULL;
+    int status;
+
+    d->inflight--;
+    /* Out of the table first: a callback asking the same question again
+     * must start a fresh lookup (or hit the cache), not join this one. */
+    pending_remove(d, l);
+    if (astatus == ARES_EDESTRUCTION) {
+        status = DNS_ERROR; /* our own dns_free: not a resolver failure */
+    } else {
+        if (astatus == ARES_SUCCESS)
+            astatus = parse_reply(l->type, buf, len, &ans);
+        status = map_ares_status(astatus);
+        count(d, status);
+        if (d->cache && !d->free_pending &&
+            (status == DNS_OK || status == DNS_NXDOMAIN || status == DNS_NODATA))
+            dnscache_put(d->cache, l->name, l->type, status, ans,
+                         dnscache_reply_ttl(buf, len, status != DNS_OK));
+    }
+    dns_query *q = l->waiters;
+    free(l);
+    while (q) {
+        dns_query *next = q->wnext;
+        int st = status;
+        dns_answer *mine = ans;
+        if (next && ans && !(mine = dnscache_copy_answer(ans)))
+            st = DNS_ERROR; /* out of memory for this waiter's copy */
+        hand_over(d, q, st, mine);
+        if (!next)
+            ans = NULL; /* the last waiter got the original */
+        q = next;
+    }
+    answer_free(ans);
 }
 
 /* Drains only what is queued now, so callbacks that start failing queries
@@ -655,6 +712,14 @@ static int qtype(enum dns_type t)
     return -1;
 }
 
+static struct dns_lookup *pending_find(dns *d, const char *name, enum dns_type type, uint32_t h)
+{
+    for (struct dns_lookup *l = d->pending[h % PENDING_BUCKETS]; l; l = l->hnext)
+        if (l->hash == h && l->type == type && strcasecmp(l->name, name) == 0)
+            return l;
+    return NULL;
+}
+
 dns_query *dns_query_start(dns *d, const char *name, enum dns_type type, dns_cb cb, void *arg)
 {
     int t = qtype(type);
@@ -667,14 +732,53 @@ dns_query *dns_query_start(dns *d, const char *name, enum dns_type type, dns_cb 
     q->cb = cb;
     q->arg = arg;
     q->type = type;
+    if (d->cache) {
+        int status;
+        dns_answer *ans;
+        if (dnscache_get(d->cache, name, type, &status, &ans)) {
+            ready_push(d, q, status, ans); /* from the loop, as a real answer would */
+            return q;
+        }
+        uint32_t h = dnscache_key_hash(name, type);
+        struct dns_lookup *l = pending_find(d, name, type, h);
+        if (l) {
+            dnscache_count_join(d->cache);
+            q->wnext = l->waiters;
+            l->waiters = q;
+            return q;
+        }
+    }
+    size_t len = strlen(name);
+    struct dns_lookup *l = calloc(1, sizeof *l + len + 1);
+    if (!l) {
+        free(q);
+        return NULL;
+    }
+    memcpy(l->name, name, len + 1);
+    l->d = d;
+    l->type = type;
+    l->waiters = q;
+    if (d->cache) {
+        dnscache_count_miss(d->cache);
+        l->hash = dnscache_key_hash(name, type);
+        l->shared = 1;
+        l->hnext = d->pending[l->hash % PENDING_BUCKETS];
+        d->pending[l->hash % PENDING_BUCKETS] = l;
+    }
     d->st.queries++;
     d->inflight++;
     enter(d);
     d->in_start++;
-    ares_query(d->ch, name, ns_c_in, t, on_ares_done, q); /* may complete at once */
+    ares_query(d->ch, name, ns_c_in, t, on_ares_done, l); /* may complete at once */
     d->in_start--;
     leave(d); /* cannot destroy: free_pending was clear and no callback ran */
     return q;
+}
+
+void dns_set_cache(dns *d, dnscache *c)
+{
+    if (d)
+        d->cache = c;
 }
 
 void dns_cancel(dns_query *q)

@@ -39,7 +39,7 @@ typedef struct dns_answer {
     struct dns_rr {
         char *text; /* A/AAAA: address text; MX: exchange; PTR: name without
                        trailing dot; TXT: the record's strings concatenated
-                       (NUL bytes dropped; the bytes are otherwise raw and may
+                       (a NUL byte becomes DEL, 0x7f; the bytes are otherwise raw and may
                        hold CR/LF - sanitise before echoing to a client) */
         int pref;   /* MX preference, 0 for other types */
     } *rr;
@@ -86,5 +86,14 @@ int dns_reverse_name(const char *ip, const char *zone, char *out, size_t outlen)
  * Cancelled queries still count: the numbers describe resolver health. */
 struct dns_stats { unsigned long queries, timeouts, failures; };
 void dns_get_stats(const dns *d, struct dns_stats *out);
+
+/* Answers from c (see dnscache.h), and one query in flight per (name, type)
+ * with later askers waiting on it; NULL (the default) turns both off.  c
+ * is not owned and may be shared by several dns on the same loop (the
+ * retrying and the one-try channel share one).  Cached answers, like
+ * fresh ones, reach the callback from the loop, never from inside
+ * dns_query_start.  queries in dns_stats counts questions sent. */
+struct dnscache;
+void dns_set_cache(dns *d, struct dnscache *c);
 
 #endif

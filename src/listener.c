@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "config.h"
 #include "iplist.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "runtime.h"
 #include "server.h"
 #include "smtp.h"
@@ -39,6 +41,7 @@ struct conn_count {
 struct listener_state {
     char name[64];
     int active;
+    int waiting;              /* connections still waiting for their PROXY header */
     struct conn_count *buckets[COUNT_BUCKETS];
     struct listener_state *next;
 };
@@ -152,6 +155,14 @@ static void addr_text(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+static const struct sock_conf *sock_conf_of(const struct listener_sock *ls)
+{
+    const struct config *c = &srv.rt->cfg;
+    if (ls->listener_index < c->nlisteners && ls->sock_index < c->listeners[ls->listener_index].nsocks)
+        return &c->listeners[ls->listener_index].socks[ls->sock_index];
+    return NULL;
+}
+
 static void refuse(int fd, const char *ip, const struct listener_sock *ls, const char *why, uint64_t *counter)
 {
     log_kv(LOG_INFO, "refused", "ip", ip, "socket", ls->desc, "reason", why, NULL);
@@ -160,11 +171,10 @@ static void refuse(int fd, const char *ip, const struct listener_sock *ls, const
 }
 
 /* Admission before any byte is sent: denied_ips and the socket's own
- * grant/deny list close the connection with no greeting (seed 000). */
-static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+ * grant/deny list close the connection with no greeting (seed 000).  sa is
+ * the client: the peer, or the address a PROXY header named. */
+static void admit(int fd, const struct sockaddr *sa, socklen_t salen, struct listener_sock *ls)
 {
-    (void)evl;
-    struct listener_sock *ls = arg;
     const struct config *c = &srv.rt->cfg;
     char ip[64];
     addr_text(sa, ip, sizeof ip);
@@ -176,9 +186,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         refuse(fd, ip, ls, "denied_ips", &srv.stats.refused_denied);
         return;
     }
-    const struct sock_conf *sc = NULL;
-    if (ls->listener_index < c->nlisteners && ls->sock_index < c->listeners[ls->listener_index].nsocks)
-        sc = &c->listeners[ls->listener_index].socks[ls->sock_index];
+    const struct sock_conf *sc = sock_conf_of(ls);
     if (sc && sc->restrict_mode != RESTRICT_NONE) {
         int listed = iplist_contains_sa(sc->remote, sa);
         if ((sc->restrict_mode == RESTRICT_GRANT) != (listed != 0)) {
@@ -206,7 +214,165 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         }
     }
     count_add(st, key, 1);
-    smtp_session_new(fd, sa, (socklen_t)salen, ls, key);
+    smtp_session_new(fd, sa, salen, ls, key);
+}
+
+/* ---- PROXY protocol (DESIGN.md §9) -------------------------------------- *
+ * On a proxy = true socket the connection is held here, before admission,
+ * until its header has arrived: the balancer's address must not count
+ * against limits or lists, the header's must.  Bytes are peeked and only the
+ * header's own are consumed, so whatever follows it (a TLS ClientHello, a
+ * pipelining client) stays in the socket for the session. */
+#define PROXY_TIMEOUT_S 5
+
+struct proxy_wait {
+    int fd;
+    struct event *ev;
+    struct listener_sock *ls;
+    struct listener_state *st;        /* counted in st->waiting while here */
+    struct sockaddr_storage peer;
+    socklen_t peerlen;
+    unsigned char buf[PP_MAX];
+    size_t len;                       /* consumed so far, all header bytes */
+    struct timespec started;
+    struct proxy_wait *prev, *next;
+};
+
+static struct proxy_wait *waits;   /* to free what is still waiting at exit */
+
+static void proxy_refused(struct proxy_wait *w, const char *why)
+{
+    char ip[64];
+    addr_text((struct sockaddr *)&w->peer, ip, sizeof ip);
+    log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", w->ls->desc, "reason", why, NULL);
+}
+
+static void proxy_wait_free(struct proxy_wait *w, int close_fd)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->st->waiting--;
+    event_free(w->ev);
+    if (close_fd)
+        close(w->fd);
+    free(w);
+}
+
+static void on_proxy_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy_wait *w = arg;
+    if (what & EV_TIMEOUT) {
+        proxy_refused(w, w->len ? "header_timeout" : "no_header");
+        proxy_wait_free(w, 1);
+        return;
+    }
+    ssize_t n = recv(fd, w->buf + w->len, sizeof w->buf - w->len, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        goto again;
+    if (n <= 0) {
+        proxy_refused(w, n == 0 ? "closed_before_header" : "read_error");
+        proxy_wait_free(w, 1);
+        return;
+    }
+    struct pp_header h;
+    enum pp_result r = pp_parse(w->buf, w->len + (size_t)n, &h);
+    if (r == PP_ERROR) {
+        proxy_refused(w, h.error);
+        proxy_wait_free(w, 1);
+        return;
+    }
+    /* Consume what is header: all of the peeked bytes while incomplete (so
+     * the next peek sees only new ones), exactly up to its end once done. */
+    size_t take = r == PP_DONE ? h.length - w->len : (size_t)n;
+    ssize_t got = recv(fd, w->buf + w->len, take, MSG_DONTWAIT);
+    if (got != (ssize_t)take) {
+        proxy_refused(w, "read_error");
+        proxy_wait_free(w, 1);
+        return;
+    }
+    w->len += take;
+    if (r == PP_DONE) {
+        struct listener_sock *ls = w->ls;
+        struct sockaddr_storage sa = h.local ? w->peer : h.src;
+        socklen_t salen = h.local ? w->peerlen : h.addrlen;
+        proxy_wait_free(w, 0);
+        admit(fd, (struct sockaddr *)&sa, salen, ls);
+        return;
+    }
+    if (w->len >= sizeof w->buf) {   /* pp_parse errs first; kept as a bound */
+        proxy_refused(w, "too_long");
+        proxy_wait_free(w, 1);
+        return;
+    }
+again:;
+    /* One deadline for the whole header, however it trickles in. */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long ms = PROXY_TIMEOUT_S * 1000L - ((now.tv_sec - w->started.tv_sec) * 1000L +
+                                         (now.tv_nsec - w->started.tv_nsec) / 1000000L);
+    if (ms <= 0) {
+        proxy_refused(w, "header_timeout");
+        proxy_wait_free(w, 1);
+        return;
+    }
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    event_add(w->ev, &tv);
+}
+
+static void proxy_wait_new(int fd, const struct sockaddr *sa, int salen, struct listener_sock *ls)
+{
+    struct proxy_wait *w = calloc(1, sizeof *w);
+    w->fd = fd;
+    w->ls = ls;
+    w->st = ls->state;
+    w->st->waiting++;
+    memcpy(&w->peer, sa, (size_t)salen < sizeof w->peer ? (size_t)salen : sizeof w->peer);
+    w->peerlen = (socklen_t)salen;
+    clock_gettime(CLOCK_MONOTONIC, &w->started);
+    w->ev = event_new(srv.base, fd, EV_READ, on_proxy_read, w);
+    w->next = waits;
+    if (waits)
+        waits->prev = w;
+    waits = w;
+    struct timeval tv = { PROXY_TIMEOUT_S, 0 };
+    event_add(w->ev, &tv);
+}
+
+static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    (void)evl;
+    struct listener_sock *ls = arg;
+    if (srv.stopping) {
+        close(fd);
+        return;
+    }
+    const struct sock_conf *sc = sock_conf_of(ls);
+    if (sc && sc->proxy) {
+        if (!iplist_contains_sa(srv.rt->cfg.proxy_from, sa)) {
+            char ip[64];
+            addr_text(sa, ip, sizeof ip);
+            log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "not_in_proxy_from", NULL);
+            close(fd);
+            return;
+        }
+        /* Waiting connections count against max_connections too: without
+         * it a balancer's flood of silent connections would be unbounded. */
+        int max = srv.rt->cfg.listeners[ls->listener_index].max_connections;
+        if (max && ls->state->active + ls->state->waiting >= max) {
+            char ip[64];
+            addr_text(sa, ip, sizeof ip);
+            log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "max_connections", NULL);
+            close(fd);
+            return;
+        }
+        proxy_wait_new(fd, sa, salen, ls);
+        return;
+    }
+    admit(fd, sa, (socklen_t)salen, ls);
 }
 
 static void on_accept_error(struct evconnlistener *evl, void *arg)
@@ -415,6 +581,8 @@ int listeners_open(const struct config *cfg, char *err, size_t errlen)
 
 void listeners_close(void)
 {
+    while (waits)
+        proxy_wait_free(waits, 1);
     for (struct listener_sock *ls = all_socks; ls; ls = ls->next)
         if (ls->evl) {
             evconnlistener_free(ls->evl);

@@ -20,7 +20,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "callout.h"
 #include "dns.h"
+#include "stats.h"
 #include "lineset.h"
 #include "iplist.h"
 #include "log.h"
@@ -334,6 +336,52 @@ static int l_dns_reverse(lua_State *L)
     return 1;
 }
 
+/* ---- Reverse Connect ---------------------------------------------------- */
+
+static void callout_done(void *arg, int code, const char *text)
+{
+    struct lb_session *ls = arg;
+    ls->callout = NULL;
+    ls->waiting = 0;
+    lua_pushinteger(ls->co, code);
+    lua_pushstring(ls->co, text);
+    resume_async(ls, 2);
+}
+
+/* moat.core.callout(address, { ip, ... }, port, helo, timeout, max_probes)
+ * -> code, text: the probe's RCPT reply code (0: no verdict, text says why),
+ * or nil, "busy" when max_probes probes are running.  Suspends the session;
+ * a probe already running for the address is joined, not repeated. */
+static int l_callout(lua_State *L)
+{
+    const char *addr = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int port = (int)luaL_checkinteger(L, 3);
+    const char *helo = luaL_checkstring(L, 4);
+    int timeout = (int)luaL_checkinteger(L, 5);
+    int maxp = (int)luaL_checkinteger(L, 6);
+    const char *ips[CALLOUT_MAX_HOSTS];
+    int n = 0;
+    for (int i = 1; i <= (int)luaL_len(L, 2) && n < CALLOUT_MAX_HOSTS; i++) {
+        lua_rawgeti(L, 2, i);
+        const char *ip = lua_tostring(L, -1);
+        lua_pop(L, 1);     /* the string stays alive in the table */
+        if (ip)
+            ips[n++] = ip;
+    }
+    if (port < 1 || port > 65535 || n == 0)
+        return luaL_error(L, "moat.callout: need 1..%d addresses and a port", CALLOUT_MAX_HOSTS);
+    struct lb_session *ls = calling_session(L, "moat.callout");
+    ls->callout = callout_probe(srv.base, addr, ips, n, port, helo, timeout, maxp, callout_done, ls);
+    if (!ls->callout) {
+        lua_pushnil(L);
+        lua_pushstring(L, "busy");
+        return 2;
+    }
+    ls->waiting = 1;
+    return lua_yield(L, 0);
+}
+
 /* ---- moat.core: log, list, config ---------------------------------------- */
 
 static int l_log(lua_State *L)
@@ -411,6 +459,13 @@ static int l_table_text(lua_State *L)
 
 /* moat.is_local_address(ip): one of this host's own addresses (the "Local"
  * prefix of test-address). */
+/* moat.core.spf_result(result): count one SPF check for moatctl stats. */
+static int l_spf_result(lua_State *L)
+{
+    stats_spf(luaL_checkstring(L, 1));
+    return 0;
+}
+
 static int l_is_local_address(lua_State *L)
 {
     unsigned char want[16], key[16];
@@ -532,8 +587,8 @@ static int luaopen_moat_core(lua_State *L)
     static const luaL_Reg fns[] = {
         { "sleep", l_sleep }, { "log", l_log }, { "list", l_list },
         { "dns_query", l_dns_query }, { "dns_query_all", l_dns_query_all },
-        { "dns_reverse", l_dns_reverse }, { "config", l_config },
-        { "table_text", l_table_text }, { "is_local_address", l_is_local_address },
+        { "dns_reverse", l_dns_reverse }, { "callout", l_callout }, { "config", l_config },
+        { "table_text", l_table_text }, { "is_local_address", l_is_local_address }, { "spf_result", l_spf_result },
         { NULL, NULL },
     };
     luaL_newlib(L, fns);
@@ -635,6 +690,43 @@ int lb_load_config(struct runtime *rt, const char *path, char *err, size_t errle
     if (rc == 0)
         rt->mem_limit = (size_t)rt->cfg.lua_memory_mb << 20;
     return rc;
+}
+
+int lb_shadow_sample(struct runtime *rt, double *sample)
+{
+    lua_State *L = rt->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    lua_getfield(L, -1, "shadow");
+    int has = lua_istable(L, -1);
+    if (has) {
+        lua_getfield(L, -1, "sample");
+        *sample = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 1.0;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+    return has;
+}
+
+int lb_shadow_chain(struct runtime *rt)
+{
+    lua_State *L = rt->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
+    lua_getfield(L, -1, "shadow");
+    lua_getfield(L, -1, "policies");
+    lua_setfield(L, -3, "policies");
+    lua_getfield(L, -1, "scripts");
+    lua_setfield(L, -3, "scripts");
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "shadow");   /* a shadow has no shadow */
+    /* "unknown policy" errors point at the shadow line */
+    lua_getfield(L, -1, "lines");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "shadow");
+        lua_setfield(L, -2, "policies");
+    }
+    lua_pop(L, 2);
+    return 0;
 }
 
 /* Push the list of { name, path } entries: stock policies, then scripts. */
@@ -785,6 +877,8 @@ int lb_session_open(struct lb_session *ls, struct runtime *rt, void *owner,
 
 static void cancel_wait(struct lb_session *ls)
 {
+    callout_cancel(ls->callout);
+    ls->callout = NULL;
     if (ls->timer) {
         event_free(ls->timer);
         ls->timer = NULL;
@@ -889,11 +983,14 @@ static void error_verdict(struct lb_session *ls, struct verdict *v, const char *
     luaL_traceback(L, ls->co, msg, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ls->s_ref);
     lua_getfield(L, -1, "id");
-    log_kv(LOG_ERR, "hook_error", "session", lua_tostring(L, -1),
+    /* A shadow's errors only log (and shadow.c counts them): they are not
+     * the live chain's. */
+    log_kv(LOG_ERR, ls->rt->is_shadow ? "shadow_error" : "hook_error", "session", lua_tostring(L, -1),
            "phase", ls->phase < PH_COUNT ? phase_names[ls->phase] : "task",
            "error", lua_tostring(L, -3), NULL);
     lua_pop(L, 3);
-    srv.stats.hook_errors++;
+    if (!ls->rt->is_shadow)
+        srv.stats.hook_errors++;
     memset(v, 0, sizeof *v);
     v->action = V_ERROR;
     v->code = 451;

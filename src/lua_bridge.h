@@ -14,6 +14,7 @@
 struct lua_State;
 struct runtime;
 struct event;
+struct callout_wait;
 
 enum phase {
     PH_CONNECT, PH_HELO, PH_AUTH, PH_MAIL, PH_RCPT, PH_DATA, PH_DATA_LINE, PH_DATA_END,
@@ -60,6 +61,7 @@ struct lb_session {
         int type;
     } dns[16];
     int dns_n, dns_pending, dns_multi, dns_starting, dns_results_ref;
+    struct callout_wait *callout;  /* moat.core.callout: a Reverse Connect probe */
     void (*on_done)(void *owner, const struct verdict *v);
     void *owner;
     /* s:add_header() results, applied to the message by the SMTP layer */
@@ -73,6 +75,11 @@ int lb_load_config(struct runtime *rt, const char *path, char *err, size_t errle
 /* Push the table moat.config.load returned for rt (for --print-config). */
 void lb_push_config(struct runtime *rt);
 int lb_load_policies(struct runtime *rt, char *err, size_t errlen);
+/* shadow = { ... } in the parsed config of rt: 1 and *sample, or 0 if none. */
+int lb_shadow_sample(struct runtime *rt, double *sample);
+/* On a shadow runtime after lb_load_config: make shadow.policies/scripts the
+ * chain lb_load_policies loads. */
+int lb_shadow_chain(struct runtime *rt);
 int lb_has_phase(const struct runtime *rt, enum phase ph);
 
 /* Session lifecycle. */

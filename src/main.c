@@ -11,6 +11,7 @@
 
 #include "control.h"
 #include "dns.h"
+#include "dnscache.h"
 #include "listener.h"
 #include "log.h"
 #include "runtime.h"
@@ -60,7 +61,8 @@ static const char *restart_only_change(const struct config *a, const struct conf
         return "control_socket";
     if (!same_str(a->user, b->user))
         return "user";
-    if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries)
+    if (!same_str(a->dns_servers, b->dns_servers) || a->dns_timeout_ms != b->dns_timeout_ms || a->dns_tries != b->dns_tries ||
+        a->dns_cache_size != b->dns_cache_size || a->dns_cache_max_ttl != b->dns_cache_max_ttl)
         return "dns";
     if (!same_str(a->metrics_address, b->metrics_address) || a->metrics_port != b->metrics_port)
         return "metrics";
@@ -90,6 +92,21 @@ int server_reload(char *err, size_t errlen)
     sdnotify_reloading();
     int rc = reload(err, errlen);
     notify_ready(rc == 0 ? "reloaded" : "reload failed, running");
+    return rc;
+}
+
+int server_promote(char *err, size_t errlen)
+{
+    if (!srv.rt->shadow) {
+        snprintf(err, errlen, "%s", runtime_promoted ? "the shadow set is already live (promoted)" : "no shadow configured");
+        return -1;
+    }
+    runtime_promoted = 1;
+    int rc = server_reload(err, errlen);
+    if (rc != 0)
+        runtime_promoted = 0;   /* broken: nothing changed, the shadow keeps running */
+    else
+        log_kv(LOG_WARN, "shadow_promoted", "note", "until shadow = {...} is removed from the config, reloads keep the shadow lists live", NULL);
     return rc;
 }
 
@@ -123,6 +140,7 @@ static int reload(char *err, size_t errlen)
     else
         watch_stop();
     srv.stats.reloads_ok++;
+    runtime_promoted = rt->promoted;   /* a config without a shadow ends a promotion */
     char gen[32];
     snprintf(gen, sizeof gen, "%lu", rt->generation);
     log_kv(LOG_INFO, "reloaded", "generation", gen, NULL);
@@ -230,6 +248,16 @@ static int start(const char *path, char *err, size_t errlen)
     srv.dns_once = dns_new(srv.base, c->dns_servers, c->dns_timeout_ms, 1, err, errlen);
     if (!srv.dns_once)
         return -1;
+    /* One cache for both channels: an RBL answer is the same data whichever
+     * channel fetched it.  In-flight sharing stays per channel (their retry
+     * rules differ). */
+    srv.dnscache = dnscache_new((size_t)c->dns_cache_size, (unsigned)c->dns_cache_max_ttl);
+    if (c->dns_cache_size > 0 && !srv.dnscache) {
+        snprintf(err, errlen, "dns cache: out of memory");
+        return -1;
+    }
+    dns_set_cache(srv.dns, srv.dnscache);
+    dns_set_cache(srv.dns_once, srv.dnscache);
     if (delivery_start(c, err, errlen) != 0)
         return -1;
     if (c->control_socket && control_open(c->control_socket, err, errlen) != 0)
@@ -322,6 +350,7 @@ int main(int argc, char **argv)
     tb_free(srv.tempblock);
     dns_free(srv.dns);
     dns_free(srv.dns_once);
+    dnscache_free(srv.dnscache);
     runtime_unref(srv.rt);
     listeners_free();
     stats_free();

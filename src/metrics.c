@@ -8,6 +8,7 @@
 
 #include "log.h"
 #include "server.h"
+#include "shadow.h"
 #include "stats.h"
 
 static struct evhttp *http;
@@ -22,6 +23,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     struct evbuffer *body = evbuffer_new();
     stats_render_prometheus(body);
+    shadow_prometheus(body);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4");
     evhttp_send_reply(req, HTTP_OK, "OK", body);
     evbuffer_free(body);

@@ -9,7 +9,7 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moatctl [-s SOCKET] reload | stats | test-address IP | blocked | unblock IP | queue | flush\n"
+    fprintf(f, "usage: moatctl [-s SOCKET] reload | promote | stats | shadow | test-address IP | spf IP SENDER [HELO] | blocked | unblock IP | queue | flush | dns flush\n"
                "  SOCKET defaults to $MOAT_SOCKET, else var/moat.sock\n");
 }
 
@@ -27,14 +27,22 @@ int main(int argc, char **argv)
         usage(i >= argc ? stderr : stdout);
         return i >= argc ? 2 : 0;
     }
+    /* Arguments are joined with spaces; when one of them holds a space
+     * (an SPF sender's quoted local part, an odd HELO), with tabs, so the
+     * daemon can tell them apart. */
+    const char *sep = " ";
+    for (int k = i; k < argc; k++)
+        if (strchr(argv[k], ' '))
+            sep = "\t";
     char cmd[1024] = "";
+    int first = i;
     for (; i < argc; i++) {
         if (strlen(cmd) + strlen(argv[i]) + 2 >= sizeof cmd) {
             fprintf(stderr, "moatctl: command too long\n");
             return 2;
         }
-        if (cmd[0])
-            strcat(cmd, " ");
+        if (i > first)
+            strcat(cmd, sep);
         strcat(cmd, argv[i]);
     }
     strcat(cmd, "\n");

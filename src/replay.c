@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "debugrec.h"
 #include "dns.h"
 #include "iplist.h"
 #include "listener.h"
@@ -139,13 +140,19 @@ static void send_step(void)
     R.decided[0] = '\0';
     if (R.in_data) {
         R.in_data = 0;
-        while (R.next < R.n) {
+        int lines = 0, ended = 0;
+        while (R.next < R.n && !ended) {
             const char *l = R.lines[R.next++];
             evbuffer_add_printf(out, "%s\r\n", l);
-            if (strcmp(l, ".") == 0)
-                break;
+            ended = strcmp(l, ".") == 0;
+            lines += !ended;
         }
-        printf("C: (message)\n");
+        /* A file cut inside DATA (a capped debug file): end the message,
+         * or the session would wait for the rest until smtp.timeout. */
+        if (!ended)
+            evbuffer_add_printf(out, ".\r\n");
+        printf("C: (message, %d line%s%s)\n", lines, lines == 1 ? "" : "s",
+               ended ? "" : "; the file ends inside DATA: '.' added");
         return;
     }
     if (R.next >= R.n) {
@@ -283,6 +290,7 @@ int replay_run(const char *config, const char *file)
     }
     printf("# replay of %s: ip=%s port=%d tls=%s\n", file, R.ip, R.port, R.tls ? "on" : "off");
     smtp_on_verdict = on_verdict;
+    debugrec_off = 1;            /* a replay writes no debug files either */
     R.bev = bufferevent_socket_new(srv.base, fds[1], BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(R.bev, on_read, NULL, on_event, NULL);
     bufferevent_enable(R.bev, EV_READ | EV_WRITE);

@@ -33,6 +33,44 @@ const char *runtime_root(void)
     return root;
 }
 
+/* The shadow chain: the same configuration parsed again on a state of its
+ * own, with shadow.policies/scripts as its chain.  A broken shadow fails the
+ * whole load, so a reload with one changes nothing (and says why). */
+int runtime_promoted;
+
+static int load_shadow(struct runtime *live, char *err, size_t errlen)
+{
+    double sample;
+    if (!lb_shadow_sample(live, &sample))
+        return 0;
+    if (runtime_promoted) {
+        /* The shadow's lists are the live chain now; nothing runs beside it. */
+        live->promoted = 1;
+        return lb_shadow_chain(live);
+    }
+    struct runtime *sh = calloc(1, sizeof *sh);
+    sh->refs = 1;
+    stats_runtime_created();
+    sh->generation = 1;
+    sh->is_shadow = 1;
+    sh->cfg.path = strdup(live->cfg.path);
+    sh->mem_limit = 256u << 20;
+    live->shadow = sh;
+    live->shadow_sample = sample;
+    sh->L = lb_state_new(sh);
+    if (!sh->L) {
+        snprintf(err, errlen, "%s: cannot create the shadow's Lua state", live->cfg.path);
+        return -1;
+    }
+    char e[4096];
+    if (lb_load_config(sh, live->cfg.path, e, sizeof e) != 0 || lb_shadow_chain(sh) != 0 ||
+        lb_load_policies(sh, e, sizeof e) != 0) {
+        snprintf(err, errlen, "shadow: %s", e);
+        return -1;
+    }
+    return 0;
+}
+
 struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
 {
     struct runtime *rt = calloc(1, sizeof *rt);
@@ -51,7 +89,9 @@ struct runtime *runtime_load(const char *config_path, char *err, size_t errlen)
         tls_load(&rt->cfg, &rt->tls, err, errlen) != 0 ||
         (rt->cfg.accounts_path &&
          !(rt->accounts = accounts_load(rt->cfg.accounts_path, &rt->cfg, err, errlen))) ||
-        lb_load_policies(rt, err, errlen) != 0) {
+        (runtime_promoted && load_shadow(rt, err, errlen) != 0) ||
+        lb_load_policies(rt, err, errlen) != 0 ||
+        (!rt->promoted && load_shadow(rt, err, errlen) != 0)) {
         runtime_unref(rt);
         return NULL;
     }
@@ -68,6 +108,7 @@ void runtime_unref(struct runtime *rt)
 {
     if (!rt || --rt->refs > 0)
         return;
+    runtime_unref(rt->shadow);
     if (rt->L)
         lua_close(rt->L);
     tls_free(rt->tls);

@@ -34,12 +34,24 @@ struct runtime {
     struct lb_session *current;    /* the session whose hook is running now */
     struct tls_ctx *tls;           /* certificates of this generation, NULL if none */
     struct accounts *accounts;     /* tables.accounts, NULL if none (no AUTH) */
+    /* shadow = { ... } (DESIGN.md §12): the second policy set, a runtime of
+     * its own (own Lua state), owned by this one; NULL if none. */
+    struct runtime *shadow;
+    double shadow_sample;          /* fraction of sessions the shadow runs on */
+    int is_shadow;                 /* this runtime is a shadow: errors only log */
+    int promoted;                  /* its live chain is the config's shadow lists */
 };
 
 /* Where lua/ and policies/ live: the directory of the moat binary, or $MOAT_ROOT. */
 const char *runtime_root(void);
 
 /* Load a configuration completely; NULL with err = "file:line: problem". */
+/* Set by moatctl promote: while the configuration has a shadow, its lists
+ * are loaded as the live chain (and no shadow runs).  The reload that finds
+ * no shadow in the file (the administrator moved the lists into policies /
+ * scripts) ends it. */
+extern int runtime_promoted;
+
 struct runtime *runtime_load(const char *config_path, char *err, size_t errlen);
 struct runtime *runtime_ref(struct runtime *rt);
 void runtime_unref(struct runtime *rt);

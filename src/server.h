@@ -21,6 +21,7 @@ struct stats {
     uint64_t hook_errors;
     uint64_t reloads_ok, reloads_failed;
     uint64_t spool_commits;
+    uint64_t refused_disk;     /* 452 4.3.1: below min_free_space at MAIL, or disk full at the dot */
     double spool_latency_sum_ms, spool_latency_max_ms;
 };
 
@@ -30,6 +31,7 @@ struct server {
     struct spool *spool;
     struct dns *dns;
     struct dns *dns_once;      /* one try, first timeout: queries a policy retries itself (RBL) */
+    struct dnscache *dnscache; /* shared by dns and dns_once; NULL = dns.cache_size 0 */
     struct tempblock *tempblock;   /* temporary blocks outlive reloads */
     struct stats stats;
     int stopping;

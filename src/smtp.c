@@ -49,6 +49,7 @@
 #include "tempblock.h"
 #include "worker.h"
 #include "smtpc.h"
+#include "debugrec.h"
 
 static int open_sessions;
 static struct session *all_sessions;
@@ -131,8 +132,10 @@ void reply(struct session *s, const char *fmt, ...)
         return;
     if (n >= REPLY_LINE_MAX)
         n = REPLY_LINE_MAX - 1;
-    if (s->debug)
+    if (s->debug) {
         log_kv(LOG_INFO, "debug_out", "session", s->id, "line", line, NULL);
+        debugrec_server(s->rec, line);
+    }
     memcpy(line + n, "\r\n", 2);
     send_reply(s, line, (size_t)n + 2);
 }
@@ -161,6 +164,7 @@ void note_event(struct session *s, enum tb_event ev)
     if (r == TB_DEBUG && !s->debug) {
         s->debug = 1;
         log_kv(LOG_INFO, "debug_on", "session", s->id, "ip", s->ip, NULL);
+        s->rec = debugrec_new(s->id, s->ip, s->port, s->tls_mode != TLS_OFF, 1);
     }
     if (r == TB_BLOCKED) {
         log_kv(LOG_WARN, "blocked", "ip", s->ip, "session", s->id,
@@ -260,6 +264,8 @@ void reset_transaction(struct session *s)
     if (s->state > S_HELO)
         s->state = S_HELO;
     lb_reset_transaction(&s->lb);
+    if (s->shadow)
+        lb_reset_transaction(shadow_lb(s->shadow));
 }
 
 static char *rcpt_list(struct session *s)
@@ -293,9 +299,10 @@ void log_transaction(struct session *s, const char *verdict, const char *policy,
  * session until on_hook_done. */
 int hook_wait(struct session *s, enum phase ph, int done, struct verdict *v)
 {
-    (void)v;
-    if (done)
+    if (done) {
+        shadow_live(s->shadow, ph, v);
         return 1;
+    }
     s->busy = 1;
     s->pending = ph;
     return 0;
@@ -313,6 +320,7 @@ static void on_hook_done(void *owner, const struct verdict *v)
 {
     struct session *s = owner;
     s->busy = 0;
+    shadow_live(s->shadow, s->pending, v);
     switch (s->pending) {
     case PH_CONNECT: finish_connect(s, v); break;
     case PH_HELO: finish_helo(s, v); break;
@@ -410,6 +418,7 @@ static void cmd_ehlo_helo(struct session *s, char *arg, int esmtp)
     snprintf(s->helo, sizeof s->helo, "%s", arg);
     s->esmtp = esmtp;
     struct verdict v;
+    SHADOW_HOOK(s, PH_HELO, lb_helo(sl, s->helo, &sv));
     if (hook_wait(s, PH_HELO, lb_helo(&s->lb, s->helo, &v), &v))
         finish_helo(s, &v);
 }
@@ -472,9 +481,11 @@ static int path_error_reply(struct session *s, enum path_error e, int is_from)
     return 1;
 }
 
-/* MAIL parameters: SIZE, BODY, SMTPUTF8.  Returns 0 or replies and returns -1. */
-static int mail_params(struct session *s, const char *p)
+/* MAIL parameters: SIZE, BODY, SMTPUTF8.  Returns 0 or replies and returns -1.
+ * *declared = the SIZE= value (0 when absent). */
+static int mail_params(struct session *s, const char *p, unsigned long long *declared)
 {
+    *declared = 0;
     char buf[CMD_LINE_MAX];
     snprintf(buf, sizeof buf, "%s", p);
     char *save = NULL;
@@ -491,6 +502,7 @@ static int mail_params(struct session *s, const char *p)
                 reply(s, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return -1;
             }
+            *declared = size;
         } else if (strncasecmp(tok, "BODY=", 5) == 0) {
             if (strcasecmp(tok + 5, "8BITMIME") == 0)
                 s->body_8bit = 1;
@@ -506,6 +518,16 @@ static int mail_params(struct session *s, const char *p)
         }
     }
     return 0;
+}
+
+/* Room in spool_dir for this transaction: min_free_space must stay free
+ * after a message of the declared SIZE (Postfix's queue_minfree test).  The
+ * free space is a cached statvfs (spool_free_bytes), so a busy MAIL rate costs
+ * one system call a second. */
+static int disk_has_room(struct session *s, unsigned long long declared)
+{
+    unsigned long long want = (unsigned long long)s->rt->cfg.min_free_space_mb * 1024 * 1024 + declared;
+    return want == 0 || spool_free_bytes(srv.spool) >= want;
 }
 
 static void cmd_mail(struct session *s, char *arg)
@@ -531,7 +553,8 @@ static void cmd_mail(struct session *s, char *arg)
         protocol_error(s, "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]");
         return;
     }
-    if (mail_params(s, rest) != 0) {
+    unsigned long long declared;
+    if (mail_params(s, rest, &declared) != 0) {
         s->smtputf8 = s->body_8bit = 0;
         return;
     }
@@ -539,11 +562,19 @@ static void cmd_mail(struct session *s, char *arg)
         reply(s, "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter");
         return;
     }
+    if (!proxy_mode(s) && !disk_has_room(s, declared)) {
+        srv.stats.refused_disk++;
+        log_kv(LOG_WARN, "mail_refused", "session", s->id, "ip", s->ip, "reason", "min_free_space", NULL);
+        s->smtputf8 = s->body_8bit = 0;
+        reply(s, "452 4.3.1 Insufficient system storage");
+        return;
+    }
     s->from = strdup(path.raw);
     s->state = S_MAIL;
     s->qid[0] = '\0';
     srv.stats.transactions++;
     struct verdict v;
+    SHADOW_HOOK(s, PH_MAIL, lb_mail_from(sl, path.raw, path.null ? NULL : path.local, path.null ? NULL : path.domain, &sv));
     if (hook_wait(s, PH_MAIL, lb_mail_from(&s->lb, path.raw, path.null ? NULL : path.local,
                                            path.null ? NULL : path.domain, &v), &v))
         finish_mail(s, &v);
@@ -620,6 +651,7 @@ static void cmd_rcpt(struct session *s, char *arg)
     struct verdict v;
     _Static_assert(sizeof s->pending_rcpt == sizeof path->raw, "pending_rcpt holds a raw path");
     memcpy(s->pending_rcpt, path->raw, sizeof s->pending_rcpt);
+    SHADOW_HOOK(s, PH_RCPT, lb_rcpt(sl, path->raw, path->local, path->domain, &r, &sv));
     if (hook_wait(s, PH_RCPT, lb_rcpt(&s->lb, path->raw, path->local, path->domain, &r, &v), &v))
         finish_rcpt(s, &v);
 }
@@ -653,7 +685,7 @@ void add_rcpt(struct session *s, const char *raw, const struct route *r, int dis
     s->nrcpts++;
     srv.stats.rcpts_accepted++;
     s->state = S_RCPT;
-    lb_rcpt_accepted(&s->lb, raw, r);
+    LB_BOTH(lb_rcpt_accepted, s, raw, r);
 }
 
 static void cmd_data(struct session *s, char *arg)
@@ -671,6 +703,7 @@ static void cmd_data(struct session *s, char *arg)
         return;
     }
     struct verdict v;
+    SHADOW_HOOK(s, PH_DATA, lb_data(sl, &sv));
     if (hook_wait(s, PH_DATA, lb_data(&s->lb, &v), &v))
         finish_data_cmd(s, &v);
 }
@@ -739,9 +772,9 @@ static void cmd_starttls(struct session *s, char *arg)
     s->helo[0] = '\0';
     s->esmtp = 0;
     s->state = S_GREETED;
-    lb_set_str(&s->lb, "tls", "starttls");
-    lb_set_bool(&s->lb, "secure", 1);
-    lb_set_str(&s->lb, "helo", NULL);
+    LB_BOTH(lb_set_str, s, "tls", "starttls");
+    LB_BOTH(lb_set_bool, s, "secure", 1);
+    LB_BOTH(lb_set_str, s, "helo", NULL);
 }
 
 static void cmd_rset(struct session *s, char *arg)
@@ -865,8 +898,16 @@ static void spool_done(void *arg, int err, double latency_ms)
         srv.stats.spool_latency_max_ms = latency_ms;
     if (err) {
         log_kv(LOG_ERR, "spool_error", "session", s->id, "qid", s->qid, "error", strerror(err), NULL);
-        reply(s, "451 4.3.0 Error: queue file write error");
-        log_transaction(s, "tempfail", "spool", "queue file write error");
+        if (spool_err_is_full(err)) {
+            /* The writer removed its tmp/ files: nothing half-written stays,
+             * and the client keeps the message and retries later. */
+            srv.stats.refused_disk++;
+            reply(s, "452 4.3.1 Insufficient system storage");
+            log_transaction(s, "tempfail", "spool", "insufficient system storage");
+        } else {
+            reply(s, "451 4.3.0 Error: queue file write error");
+            log_transaction(s, "tempfail", "spool", "queue file write error");
+        }
     } else {
         srv.stats.messages_accepted++;
         delivery_poke();
@@ -952,6 +993,7 @@ static void end_of_data(struct session *s)
         return;
     }
     struct verdict v;
+    SHADOW_HOOK(s, PH_DATA_END, lb_data_end(sl, (long)s->msg_size, &sv));
     if (hook_wait(s, PH_DATA_END, lb_data_end(&s->lb, (long)s->msg_size, &v), &v))
         finish_message(s, &v);
 }
@@ -1044,6 +1086,7 @@ static int take_lines(struct session *s, const char *p, size_t n, size_t *used)
         }
         if (content == 1 && line[0] == '.' && crlf && s->prev_crlf)
             break;               /* the end of the message */
+        debugrec_client(s->rec, line, content);   /* as sent: dot-stuffed */
         const char *text = line;
         size_t tlen = linelen;
         if (line[0] == '.') {    /* dot-unstuffing (RFC 5321 4.5.2) */
@@ -1111,6 +1154,7 @@ static int data_step(struct session *s, struct evbuffer *in)
     int crlf = linelen >= 2 && line[linelen - 2] == '\r';
     size_t content = linelen - 1 - (size_t)crlf;
     if (content == 1 && line[0] == '.' && crlf && s->prev_crlf) {
+        debugrec_client(s->rec, ".", 1);
         evbuffer_drain(in, linelen);
         /* A message with no blank line ends inside its header. */
         if (s->in_header && !s->too_big && !s->line_too_long && lb_has_phase(s->rt, PH_DATA_LINE))
@@ -1181,9 +1225,14 @@ void process_input(struct session *s)
             break;
         if (r < 0)
             continue;
-        if (s->debug)
-            log_kv(LOG_INFO, "debug_in", "session", s->id,
-                   "line", s->auth_state != AUTH_NONE || strncasecmp(line, "AUTH ", 5) == 0 ? "(authentication data)" : line, NULL);
+        if (s->debug) {
+            int secret = s->auth_state != AUTH_NONE || strncasecmp(line, "AUTH ", 5) == 0;
+            log_kv(LOG_INFO, "debug_in", "session", s->id, "line", secret ? "(authentication data)" : line, NULL);
+            if (secret)
+                debugrec_comment(s->rec, "C: (authentication data)");
+            else
+                debugrec_client(s->rec, line, strlen(line));
+        }
         if (s->auth_state != AUTH_NONE)
             auth_continue(s, line);
         else
@@ -1302,10 +1351,9 @@ static const char *status_of(const struct config *c, const char *ip, const unsig
     return "other";
 }
 
-static void set_session_fields(struct session *s)
+static void set_session_fields(struct session *s, struct lb_session *lb)
 {
     static const char *tls_names[] = { "off", "on", "ext" };
-    struct lb_session *lb = &s->lb;
     lb_set_str(lb, "id", s->id);
     lb_set_str(lb, "ip", s->ip);
     lb_set_int(lb, "port", s->port);
@@ -1355,6 +1403,8 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     } else {
         s->bev = bufferevent_socket_new(srv.base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
+    if (s->debug)
+        s->rec = debugrec_new(s->id, s->ip, s->port, lsock->tls != TLS_OFF, 0);
     setup_bev(s);
     open_sessions++;
     s->next = all_sessions;
@@ -1365,7 +1415,10 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
     srv.stats.connections_current++;
 
     lb_session_open(&s->lb, s->rt, s, on_hook_done);
-    set_session_fields(s);
+    set_session_fields(s, &s->lb);
+    s->shadow = shadow_open(s->rt, s->id, s->ip);
+    if (s->shadow)
+        set_session_fields(s, shadow_lb(s->shadow));
     char port[16], lport[16];
     snprintf(port, sizeof port, "%d", s->port);
     snprintf(lport, sizeof lport, "%d", s->local_port);
@@ -1373,6 +1426,7 @@ void smtp_session_new(int fd, const struct sockaddr *peer, socklen_t peerlen, st
            "local_port", lport, "status", s->client_status, NULL);
 
     struct verdict v;
+    SHADOW_HOOK(s, PH_CONNECT, lb_connect(sl, &sv));
     if (hook_wait(s, PH_CONNECT, lb_connect(&s->lb, &v), &v))
         finish_connect(s, &v);
 }
@@ -1401,8 +1455,10 @@ void session_free(struct session *s)
     if (s->tls_switch)
         SSL_free(s->tls_switch);
     lb_disconnect(&s->lb);
+    debugrec_finish(s->rec, s->rt->cfg.spool_dir);
     reset_transaction(s);
     lb_session_close(&s->lb);
+    shadow_close(s->shadow);
     bufferevent_free(s->bev);
     listener_conn_closed(s->lsock, s->ipkey);
     runtime_unref(s->rt);

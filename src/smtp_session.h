@@ -9,6 +9,7 @@
 
 #include "address.h"
 #include "lua_bridge.h"
+#include "shadow.h"
 #include "smtpc.h"
 #include "tempblock.h"
 
@@ -38,6 +39,7 @@ struct session {
     struct bufferevent *bev;
     struct runtime *rt;
     struct lb_session lb;
+    struct shadow_sess *shadow;   /* the shadow chain's session (shadow.h), NULL if none */
     struct listener_sock *lsock;
     struct event *greet_timer;
     char ip[64], local_ip[64];
@@ -55,6 +57,7 @@ struct session {
     char tls_info[96];            /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
     int errors;
     int debug;                    /* past a debug threshold: log the dialogue */
+    struct debugrec *rec;         /* debug: the dialogue as a --replay file (debugrec.h) */
     enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS } auth_state;
     char auth_user[256];          /* LOGIN: the user given so far */
     int auth_ok;                  /* the password check's result, for the auth hook */
@@ -116,5 +119,22 @@ void proxy_rcpt(struct session *s, const char *raw);
 void proxy_message(struct session *s, struct evbuffer *msg);
 void proxy_rset(struct session *s);
 void proxy_close(struct session *s);
+
+/* Run a hook on the shadow chain before the live one (shadow.h): `call`
+ * uses sl (the shadow's lb_session) and &sv. */
+#define SHADOW_HOOK(s, ph, call)                                       \
+    do {                                                               \
+        struct lb_session *sl = shadow_begin((s)->shadow, (ph));       \
+        struct verdict sv;                                             \
+        if (sl && (call))                                              \
+            shadow_done_now((s)->shadow, &sv);                         \
+    } while (0)
+/* Session state both chains see: fn(&s->lb, ...) and the same on the shadow. */
+#define LB_BOTH(fn, s, ...)                                            \
+    do {                                                               \
+        fn(&(s)->lb, __VA_ARGS__);                                     \
+        if ((s)->shadow)                                               \
+            fn(shadow_lb((s)->shadow), __VA_ARGS__);                   \
+    } while (0)
 
 #endif

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,6 +52,8 @@ struct spool {
     pthread_t threads[MAX_THREADS];
     int pipe_rd, pipe_wr;
     struct event *pipe_ev;
+    unsigned long long free_bytes;    /* spool_free_bytes cache (loop thread only) */
+    double free_at_ms;                /* when it was measured; 0 = never */
 };
 
 static double now_ms(void)
@@ -286,6 +289,25 @@ struct spool_job *spool_submit(struct spool *sp, const char *id, struct evbuffer
     pthread_cond_signal(&sp->cv);
     pthread_mutex_unlock(&sp->mu);
     return j;
+}
+
+unsigned long long spool_free_bytes(struct spool *sp)
+{
+    if (!sp || !sp->dir || sp->new_fd < 0)
+        return ~0ULL;
+    double t = now_ms();
+    if (sp->free_at_ms == 0 || t - sp->free_at_ms >= 1000) {
+        struct statvfs vfs;
+        sp->free_bytes = fstatvfs(sp->new_fd, &vfs) == 0
+            ? (unsigned long long)vfs.f_bavail * (unsigned long long)vfs.f_frsize : ~0ULL;
+        sp->free_at_ms = t;
+    }
+    return sp->free_bytes;
+}
+
+int spool_err_is_full(int err)
+{
+    return err == ENOSPC || err == EDQUOT;
 }
 
 void spool_job_detach(struct spool_job *job)

@@ -33,6 +33,15 @@ void spool_new_id(char id[32]);
 /* Takes ownership of msg and env.  cb runs on the loop thread. */
 struct spool_job *spool_submit(struct spool *sp, const char *id, struct evbuffer *msg,
                                char *env, spool_done_cb cb, void *arg);
+/* Bytes an unprivileged writer may still use on the spool's file system
+ * (statvfs f_bavail), refreshed at most once a second: MAIL FROM asks on
+ * every transaction and must stay cheap even on a busy or slow disk.
+ * UINT64_MAX for a dry spool or when statvfs fails (never refuse on a guess). */
+unsigned long long spool_free_bytes(struct spool *sp);
+
+/* The error means the disk (or the user's quota) is full: 452 4.3.1. */
+int spool_err_is_full(int err);
+
 /* The waiter went away: the job still completes, the callback is not run. */
 void spool_job_detach(struct spool_job *job);
 

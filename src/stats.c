@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dns.h"
+#include "dnscache.h"
 #include "runtime.h"
 #include "server.h"
 
@@ -51,6 +52,19 @@ void stats_verdict(const char *policy, const char *phase, const char *action, in
     r->n = 1;
 }
 
+/* SPF results, in the order of spf_results[]: a fixed set, so a fixed array. */
+static const char *const spf_results[] = { "pass", "fail", "softfail", "neutral", "none", "permerror",
+                                           "temperror" };
+#define SPF_NRESULTS (int)(sizeof spf_results / sizeof spf_results[0])
+static unsigned long long spf_counts[SPF_NRESULTS];
+
+void stats_spf(const char *result)
+{
+    for (int i = 0; result && i < SPF_NRESULTS; i++)
+        if (strcmp(result, spf_results[i]) == 0)
+            spf_counts[i]++;
+}
+
 void stats_free(void)
 {
     free(rows);
@@ -77,6 +91,8 @@ static int collect(struct metric *m)
         ds.timeouts += once.timeouts;
         ds.failures += once.failures;
     }
+    struct dnscache_stats cs;
+    dnscache_get_stats(srv.dnscache, &cs);
     int n = 0;
 #define M(nm, hp, tp, v) m[n++] = (struct metric){ nm, hp, tp, (double)(v) }
     M("connections_current", "Open SMTP connections", "gauge", st->connections_current);
@@ -95,6 +111,18 @@ static int collect(struct metric *m)
     M("dns_queries_total", "DNS queries started", "counter", ds.queries);
     M("dns_timeouts_total", "DNS queries that timed out", "counter", ds.timeouts);
     M("dns_failures_total", "DNS queries that failed", "counter", ds.failures);
+    M("dns_cache_hits_total", "DNS questions answered from the cache", "counter", cs.hits);
+    M("dns_cache_misses_total", "DNS questions sent because the cache had no fresh answer", "counter", cs.misses);
+    M("dns_cache_joined_total", "DNS questions that waited on the same question already in flight", "counter", cs.joined);
+    M("dns_cache_entries", "Answers in the DNS cache", "gauge", cs.entries);
+    M("spf_pass_total", "SPF checks at MAIL FROM: pass", "counter", spf_counts[0]);
+    M("spf_fail_total", "SPF checks at MAIL FROM: fail", "counter", spf_counts[1]);
+    M("spf_softfail_total", "SPF checks at MAIL FROM: softfail", "counter", spf_counts[2]);
+    M("spf_neutral_total", "SPF checks at MAIL FROM: neutral", "counter", spf_counts[3]);
+    M("spf_none_total", "SPF checks at MAIL FROM: none", "counter", spf_counts[4]);
+    M("spf_permerror_total", "SPF checks at MAIL FROM: permerror", "counter", spf_counts[5]);
+    M("spf_temperror_total", "SPF checks at MAIL FROM: temperror", "counter", spf_counts[6]);
+    M("refused_disk_full_total", "Transactions refused with 452 4.3.1 (min_free_space, or the disk filled up)", "counter", st->refused_disk);
     M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
     M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);
     M("spool_commit_seconds_max", "Slowest spool commit", "gauge", st->spool_latency_max_ms / 1000.0);
@@ -109,7 +137,7 @@ static int collect(struct metric *m)
 
 void stats_render_text(struct evbuffer *out)
 {
-    struct metric m[32];
+    struct metric m[64];
     int n = collect(m);
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "%s %.15g\n", m[i].name, m[i].value);
@@ -134,7 +162,7 @@ static void add_label_value(struct evbuffer *out, const char *v)
 
 void stats_render_prometheus(struct evbuffer *out)
 {
-    struct metric m[32];
+    struct metric m[64];
     int n = collect(m);
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(out, "# HELP moat_%s %s\n# TYPE moat_%s %s\nmoat_%s %.15g\n", m[i].name,

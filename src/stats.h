@@ -12,6 +12,9 @@ struct evbuffer;
 #define STATS_VERDICT_MAX 256
 
 void stats_verdict(const char *policy, const char *phase, const char *action, int code);
+/* One SPF check at MAIL FROM ended in result (RFC 7208 words; others are ignored). */
+void stats_spf(const char *result);
+
 void stats_render_text(struct evbuffer *out);
 void stats_render_prometheus(struct evbuffer *out);
 void stats_free(void);

@@ -60,11 +60,36 @@ local protection_spec = {
   rbl_servers = string_list,
   blacklist_by_dns_name = string_list,
   whitehole_by_dns_name = string_list,
+  client_by_dns_name = string_list,
   blacklisted_messages = function(n, v)
     if v == "reject" then return v end
     return check_record(n, v, { add_header = function(n2, s) return check_type(n2, s, "string") end })
   end,
   verify_helo_and_return_path = check_bool,
+  spf = function(n, v)
+    local function one_of(list)
+      return function(n2, x)
+        for _, ok in ipairs(list) do if x == ok then return x end end
+        fail(("%s: expected %s, got %s"):format(n2, '"' .. table.concat(list, '", "') .. '"',
+                                               type(x) == "string" and ('"' .. x .. '"') or type(x)))
+      end
+    end
+    return check_record(n, v, { mode = one_of { "off", "header", "reject" }, helo = check_bool,
+                                permerror = one_of { "accept", "reject" } })
+  end,
+  reverse_connect = function(n, v)
+    local function secs(n2, x) return check_int(n2, x, 1) end
+    return check_record(n, v, {
+      mode = function(n2, x)
+        if x == "off" or x == "reject" then return x end
+        fail(('%s: expected "off", "reject", got %s'):format(n2, type(x) == "string" and ('"' .. x .. '"') or type(x)))
+      end,
+      timeout = secs, cache_positive = function(n2, x) return check_int(n2, x, 0) end,
+      cache_negative = function(n2, x) return check_int(n2, x, 0) end,
+      port = function(n2, x) return check_int(n2, x, 1, 65535) end,
+      max_probes = secs,
+    })
+  end,
   temp_block = function(n, v)
     return check_record(n, v, {
       failed_logins = pair, protocol_errors = pair,
@@ -112,6 +137,7 @@ local socket_spec = {
     return v
   end,
   remote = function(n, v) return check_type(n, v, "string") end,
+  proxy = check_bool,
 }
 
 local listener_limits = {
@@ -134,6 +160,8 @@ local settings = {
   end,
   spool_dir = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
   spool_threads = function(n, v) return check_int(n, v, 1, 64) end,
+  -- MB (MiB) that must stay free in spool_dir; 100 TB is a typo, not a margin.
+  min_free_space = function(n, v) return check_int(n, v, 0, 100000000) end,
   spool_sync = function(n, v)
     if v ~= "fsync" and v ~= "syncfs" then fail(n .. ': expected "fsync" or "syncfs"') end
     return v
@@ -156,6 +184,8 @@ local settings = {
       servers = string_list,
       timeout_ms = function(n2, x) return check_int(n2, x, 10, 60000) end,
       tries = function(n2, x) return check_int(n2, x, 1, 10) end,
+      cache_size = function(n2, x) return check_int(n2, x, 0, 10000000) end,
+      cache_max_ttl = function(n2, x) return check_int(n2, x, 1, 604800) end,
     })
   end,
   domains = function(n, v, ctx)
@@ -184,6 +214,7 @@ local settings = {
   smtp = function(n, v) return check_record(n, v, smtp_spec) end,
   lua = function(n, v) return check_record(n, v, lua_spec) end,
   watch = check_bool,
+  proxy_from = function(n, v) return check_type(n, v, "string") end,   -- parsed as an address list in C
   delivery = function(n, v)
     if v == "spool" then return { mode = "spool" } end
     local d = check_record(n, v, {
@@ -235,6 +266,23 @@ local settings = {
     return check_list(n, v, function(n2, s) return resolve(ctx.dir, check_type(n2, s, "string")) end)
   end,
 }
+
+-- shadow = { policies = {...}, scripts = {...}, sample = 1.0 } (DESIGN.md §12)
+settings.shadow = function(n, v, ctx)
+  local out = check_record(n, v, {
+    policies = settings.policies,
+    scripts = function(n2, x) return settings.scripts(n2, x, ctx) end,
+    sample = function(n2, x)
+      check_type(n2, x, "number")
+      if x < 0 or x > 1 then fail(n2 .. ": must be between 0 and 1") end
+      return x
+    end,
+  })
+  out.policies = out.policies or {}
+  out.scripts = out.scripts or {}
+  out.sample = out.sample or 1.0
+  return out
+end
 
 local function make_listener(ctx, line)
   return function(name)
@@ -301,6 +349,16 @@ function M.load(path)
   })
   local ok, rerr = source.run(path, env)
   if not ok then return nil, rerr end
+  -- protection.spf without the spf policy would check nothing, silently.
+  local spf = values.protection and values.protection.spf
+  if spf and spf.mode and spf.mode ~= "off" then
+    local listed = false
+    for _, p in ipairs(values.policies or {}) do if p == "spf" then listed = true end end
+    if not listed then
+      return nil, ('%s:%d: protection.spf.mode = "%s" needs the policy "spf" in policies'):format(
+        path, lines.protection, spf.mode)
+    end
+  end
   values.listeners = ctx.listeners
   values.lines = lines
   values.config_dir = dir

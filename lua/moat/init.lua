@@ -73,5 +73,16 @@ end
 M.tempblock = core.tempblock
 M.table_text = core.table_text
 M.is_local_address = core.is_local_address
+M.spf_result = core.spf_result   -- count an SPF result for moatctl stats (the spf policy)
+-- is_ours(s): a client, trusted, cluster or authenticated session: the
+-- sender checks (SPF, Reverse Connect) are for strangers and skip these.
+function M.is_ours(s)
+  if s.status == "client" or s.status == "trusted" or s.user then return true end
+  local ok, list = pcall(M.list, "cluster_ips")
+  return ok and list and list:contains(s.ip) or false
+end
+-- moat.callout(address) -> { result = "ok"|"rejected"|"tempfail", reply = "…" }
+-- (Reverse Connect; required late: moat.callout requires moat).
+function M.callout(addr) return require("moat.callout").check(addr) end
 
 return M

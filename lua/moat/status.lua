@@ -7,6 +7,8 @@
 --   trusted (recent relay login)    -> trusted     (never blacklisted)
 --   blacklisted_ips                 -> blacklisted (DNS names cannot undo it)
 --   unblacklistable_ips             -> other, white hole
+--   client_by_dns_name (PTR whose name resolves back to the address)
+--                                   -> client      (never blacklisted)
 --   whitehole_by_dns_name (PTR)     -> other, white hole (undoes RBL and names)
 --   an RBL listing (127.0.0.0/8)    -> blacklisted, zone kept for ^0
 --   blacklist_by_dns_name (PTR)     -> blacklisted
@@ -29,6 +31,7 @@ end
 
 local blacklist_names = compile_all(prot.blacklist_by_dns_name)
 local whitehole_names = compile_all(prot.whitehole_by_dns_name)
+local client_names = compile_all(prot.client_by_dns_name)
 local zones = prot.rbl_servers or {}
 
 local function any_match(matchers, name)
@@ -54,6 +57,21 @@ end
 
 local policy_enabled = moat.policy_enabled
 
+-- Forward confirmation (DESIGN §9): the owner of an address sets its PTR, so
+-- a PTR name alone must never make a client; the name's own A (IPv4) or AAAA
+-- (IPv6) records must include the address.  One query, after the PTR.
+local function forward_confirmed(ip, name, log)
+  local qtype = ip:find(":", 1, true) and "AAAA" or "A"
+  local res = moat.dns.query_all({ { name, qtype } })[1] or {}
+  for _, a in ipairs(res.answers or {}) do
+    if a:lower() == ip:lower() then return true end
+  end
+  log("client_by_dns_name: PTR name " .. name .. " of " .. ip .. " does not resolve back to it (" ..
+      qtype .. ": " .. (res.answers and table.concat(res.answers, ",") or res.error or "none") ..
+      "); not a client")
+  return false
+end
+
 local function trusted(ip)
   local tb = moat.tempblock
   return tb and tb.trusted and tb.trusted(ip) or false
@@ -75,7 +93,7 @@ end
 -- The DNS part: opts.names (PTR rules), opts.rbl (RBL zones).  known.ptr
 -- carries a PTR result already looked up by the other policy.
 local function by_dns(ip, opts, known, log)
-  local need_ptr = known.ptr == nil and (
+  local need_ptr = known.ptr == nil and (#client_names > 0 or
     (opts.names and (#blacklist_names > 0 or #whitehole_names > 0)) or
     (opts.rbl and #zones > 0 and #whitehole_names > 0))
   local queries, zone_of = {}, {}
@@ -115,6 +133,13 @@ local function by_dns(ip, opts, known, log)
         else log("rbl answer outside 127.0.0.0/8 ignored: zone=" .. z .. " ip=" .. ip) end
       end
     end
+  end
+  -- A confirmed client is never blacklisted: it wins over RBLs and names.
+  -- "(host name is unknown)" and the like are lookup failures, not names.
+  if r.ptr and r.ptr:sub(1, 1) ~= "(" and any_match(client_names, r.ptr) and
+     forward_confirmed(ip, r.ptr, log) then
+    r.status, r.reason, r.zone = "client", "client_by_dns_name", nil
+    return r
   end
   if r.ptr and any_match(whitehole_names, r.ptr) then
     r.whitehole, r.reason, r.zone = true, "whitehole_by_dns_name", nil

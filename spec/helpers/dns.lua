@@ -12,6 +12,7 @@
 --     ptr  = { ["192.0.2.1"] = "mx1.good.example" },                    -- an IP or a full in-addr/ip6 name
 --     txt  = { ["t.example"] = "v=spf1 -all" },                        -- or a list of strings
 --     wildcard_a = { ["dyn.example"] = "192.0.2.9" },  -- A (or AAAA) for the name AND every name under it
+--     ttl = 60,                                        -- TTL of every answer (default 0: never cached)
 --   }
 --   Caveats (dnsmasq): a/aaaa names are exact and dnsmasq also answers the PTR
 --   of each of their addresses with that name (use wildcard_a, which makes no
@@ -343,6 +344,8 @@ function M.start(records)
     "--cache-size=0", "--no-negcache",
     -- answer only from the records below: everything else is NXDOMAIN, never forwarded
     "--local=/#/",
+    -- TTL of every answer (dnsmasq's default is 0, which nothing caches)
+    "--local-ttl=" .. math.tointeger(records.ttl or 0),
   }
   if is_root() then args[#args + 1] = "--user=root"; args[#args + 1] = "--group=root" end
   -- A and AAAA: a host-record per name, carrying all of its addresses

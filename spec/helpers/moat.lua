@@ -139,6 +139,20 @@ local function alive(pid)
 end
 M.alive = alive
 
+-- Gone for good: not just the main thread a zombie, every thread out (a
+-- writer thread inside fsync exits last, and until then the process still
+-- holds its files, the spool lock included: a restart before that fails).
+function M.gone(pid)
+  if alive(pid) then return false end
+  local n = 0
+  if lfs.attributes("/proc/" .. pid .. "/task", "mode") == "directory" then
+    for t in lfs.dir("/proc/" .. pid .. "/task") do
+      if t ~= "." and t ~= ".." then n = n + 1 end
+    end
+  end
+  return n <= 1
+end
+
 -- Wait until f() returns a true value, polling; returns that value or nil.
 function M.poll(f, timeout, step)
   local deadline = socket.gettime() + (timeout or 5)
@@ -526,6 +540,20 @@ function Client:cmd(line)
 end
 
 function Client:ehlo(name) return self:cmd("EHLO " .. (name or "client.example")) end
+
+-- One short session: connect from opts.source, EHLO opts.helo (default
+-- host.example), MAIL FROM:<from>, QUIT; returns the MAIL reply's code, text.
+function M.mail_from(port, from, opts)
+  opts = opts or {}
+  local c = M.client(port, { source = opts.source })
+  assert(c.greeting_code == 220, "no greeting: " .. tostring(c.greeting))
+  local ecode, etext = c:ehlo(opts.helo or "host.example")
+  assert(ecode == 250, "EHLO: " .. tostring(ecode) .. " " .. tostring(etext))
+  local code, text = c:cmd("MAIL FROM:<" .. from .. ">")
+  c:cmd("QUIT")
+  c:close()
+  return code, text
+end
 
 -- True when the server has closed the connection (EOF or reset) within timeout.
 function Client:closed(timeout)

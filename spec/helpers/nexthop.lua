@@ -119,11 +119,11 @@ end
 
 local FAKE = [=[
 local socket = require "socket"
-local port, dir, lmtp, data_reply = tonumber(arg[1]), arg[2], arg[3] == "lmtp", arg[4]
+local port, dir, lmtp, data_reply, bind = tonumber(arg[1]), arg[2], arg[3] == "lmtp", arg[4], arg[5]
 if data_reply == "" then data_reply = nil end
 local log = assert(io.open(dir .. "/fake.log", "a"))
 local function say(line) log:write(line, "\n") log:flush() end
-local srv = assert(socket.bind("127.0.0.1", port))
+local srv = assert(socket.bind(bind or "127.0.0.1", port))
 srv:settimeout(0)
 local conns, n = {}, 0
 
@@ -175,10 +175,12 @@ local function line_in(c, line)
     local a = line:match("<(.-)>") or ""
     local l, reply = lp(a), "250 2.1.5 Ok"
     if l == "bad" then reply = "550 5.1.1 no such user"
-    elseif l == "later" then reply = "451 4.2.0 try later" end
+    elseif l == "later" then reply = "451 4.2.0 try later"
+    elseif l == "hang" then say("rcpt <" .. a .. "> none") return   -- never answers
+    elseif l == "huge" then reply = "250 " .. ("x"):rep(1024 * 1024) end   -- a 1 MB line
     if reply:sub(1, 1) == "2" then c.rcpts[#c.rcpts + 1] = a end
     say("rcpt <" .. a .. "> " .. reply:sub(1, 3))
-    send(c, reply .. "\r\n")
+    pcall(send, c, reply .. "\r\n")
   elseif verb == "DATA" then
     say("data")
     if data_reply then send(c, data_reply .. "\r\n") reset(c)
@@ -237,11 +239,13 @@ function M.fake(opts)
   local dir = H.tmpdir("fakehop")
   H.write_file(dir .. "/fake.lua", FAKE)
   local port = opts.port or H.free_port()
-  local f = setmetatable({ dir = dir, port = port, address = "127.0.0.1", hop = "127.0.0.1:" .. port }, Fake)
-  f.pid = spawn(("exec lua5.4 %s %d %s %s %s </dev/null >%s 2>&1"):format(shquote(dir .. "/fake.lua"), port,
-    shquote(dir), opts.lmtp and "lmtp" or "smtp", shquote(opts.data_reply or ""), shquote(dir .. "/stderr.log")))
+  local addr = opts.address or "127.0.0.1"
+  local f = setmetatable({ dir = dir, port = port, address = addr, hop = addr .. ":" .. port }, Fake)
+  f.pid = spawn(("exec lua5.4 %s %d %s %s %s %s </dev/null >%s 2>&1"):format(shquote(dir .. "/fake.lua"), port,
+    shquote(dir), opts.lmtp and "lmtp" or "smtp", shquote(opts.data_reply or ""), shquote(addr),
+    shquote(dir .. "/stderr.log")))
   children[#children + 1] = f
-  wait_listening("127.0.0.1", port, f.pid, "the fake next hop")
+  wait_listening(addr, port, f.pid, "the fake next hop")
   H.poll(function() return #f:lines() >= 1 end, 2)   -- the probe's "connect"
   f.skip = #f:lines()
   return f

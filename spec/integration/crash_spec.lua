@@ -180,19 +180,7 @@ local function launch(conf, logfile)
   return pid
 end
 
--- Gone for good: not just the main thread a zombie, every thread out (a
--- writer thread inside fsync exits last, and until then the process still
--- holds its files, the spool lock included).
-local function gone(pid)
-  if moat.alive(pid) then return false end
-  local n = 0
-  if lfs.attributes("/proc/" .. pid .. "/task", "mode") == "directory" then
-    for t in lfs.dir("/proc/" .. pid .. "/task") do
-      if t ~= "." and t ~= ".." then n = n + 1 end
-    end
-  end
-  return n <= 1
-end
+local gone = moat.gone
 
 local function kill9(pid)
   os.execute("kill -KILL " .. pid .. " 2>/dev/null")

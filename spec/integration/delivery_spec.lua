@@ -521,7 +521,7 @@ describe("relay mode", function()
       return #NH.messages(hop) >= 3
     end, 15, 0.05), hop:log())
     front:signal("KILL")
-    assert.truthy(H.poll(function() return not front:alive() end, 5))
+    assert.truthy(H.poll(function() return H.gone(front.pid) end, 10))
     local delivered_before = #NH.messages(hop)
     assert.truthy(delivered_before < N, "the kill came too late to be in the middle of the run")
     local left = envs_parse(front, "after the kill")

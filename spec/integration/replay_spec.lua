@@ -4,8 +4,27 @@
 local H = require "helpers.moat"
 local socket = require "socket"
 local lfs = require "lfs"
+local dns = require "helpers.dns"
 
 local dirs = {}
+
+-- Replay a session file against an existing config.
+local function replay_file(conf, file)
+  local out, err = os.tmpname(), os.tmpname()
+  local cmd = ("MOAT_ROOT=%s timeout 20 %s -c %s --replay %s >%s 2>%s; echo $?"):format(
+    H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(file), H.shquote(out), H.shquote(err))
+  local p = assert(io.popen(cmd, "r"))
+  local rc = tonumber(p:read("l"))
+  p:close()
+  local function slurp(f)
+    local h = io.open(f)
+    local t = h and h:read("a") or ""
+    if h then h:close() end
+    os.remove(f)
+    return t
+  end
+  return rc, slurp(out), slurp(err)
+end
 
 local function write(path, text)
   local f = assert(io.open(path, "w"))
@@ -20,20 +39,8 @@ local function replay(opts, session)
   local dir, conf, vars = H.prepare(opts)
   dirs[#dirs + 1] = dir
   write(dir .. "/session.smtp", session)
-  local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("cd %s && MOAT_ROOT=%s timeout 20 %s -c %s --replay session.smtp >%s 2>%s; echo $?"):format(
-    H.shquote(dir), H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(out), H.shquote(err))
-  local p = assert(io.popen(cmd, "r"))
-  local rc = tonumber(p:read("l"))
-  p:close()
-  local function slurp(f)
-    local h = io.open(f)
-    local t = h and h:read("a") or ""
-    if h then h:close() end
-    os.remove(f)
-    return t
-  end
-  return rc, slurp(out), slurp(err), dir, vars
+  local rc, out, err = replay_file(conf, dir .. "/session.smtp")
+  return rc, out, err, dir, vars
 end
 
 -- The text that follows `first` (plain) in out: the next line.
@@ -44,6 +51,7 @@ local function line_after(out, first)
 end
 
 after_each(function()
+  dns.stop_all()
   if not os.getenv("MOAT_KEEP_TMP") then
     for _, d in ipairs(dirs) do os.execute("rm -rf " .. H.shquote(d)) end
   end
@@ -81,7 +89,7 @@ describe("moat --replay", function()
     assert.are.equal("   (rcpt: policies/relay.lua)",
                      line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
     assert.are.equal("S: 250 2.1.5 Ok", line_after(out, "C: RCPT TO:<joe@example.test>"), out)
-    assert.truthy(out:find("C: DATA\nS: 354 ", 1, true), out)
+    assert.truthy(out:find("C: DATA\nS: 354 End data with <CR><LF>.<CR><LF>\nC: (message, 3 lines)\n", 1, true), out)
     assert.truthy(out:find("S: 250 2.0.0 Ok: queued as ", 1, true), out)
     assert.truthy(out:find("C: QUIT\nS: 221 ", 1, true), out)
     -- the recorded (old) replies are not echoed as moat's
@@ -118,6 +126,21 @@ C: QUIT
     assert.are.equal("   (helo: site.lua)", line_after(out, "S: 554 5.7.1 no thanks 198.51.100.9:5555 bad.example tls=ext"), out)
   end)
 
+  it("asks real DNS: the rbl policy refuses a listed address, and a file cut inside DATA still ends", function()
+    local bl = dns.start_rbldnsd { zone = "bl.example.test", entries = { "192.0.2.66" } }
+    local rc, out, err = replay({
+      policies = { "rbl", "relay" },
+      extra = ('dns = { servers = { "%s" }, timeout_ms = 500, tries = 2 }\nprotection = { rbl_servers = { "bl.example.test" }, blacklisted_messages = "reject" }\n'):format(bl.server),
+    }, "# ip=192.0.2.66\nC: EHLO listed.example\nC: MAIL FROM:<a@b.example>\nC: RCPT TO:<joe@example.test>\nC: QUIT\n")
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("C: RCPT TO:<joe@example.test>\nS: 5%d%d [^\n]*\n   %(rcpt: policies/rbl%.lua%)\n"), out)
+    assert.truthy(#bl:queries() >= 1)
+    rc, out, err = replay({ policies = { "relay" } },
+      "C: HELO x.example\nC: MAIL FROM:<a@b.example>\nC: RCPT TO:<joe@example.test>\nC: DATA\nC: Subject: cut\nC:\nC: half a mess")
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("C: (message, 3 lines; the file ends inside DATA: '.' added)\nS: 250 2.0.0 Ok", 1, true), out)
+  end)
+
   it("refuses a file without client lines, and a bad ip= header", function()
     local rc, _, err = replay({}, "# only a comment\nS: 220 hi\n")
     assert.are_not.equal(0, rc)
@@ -125,5 +148,72 @@ C: QUIT
     rc, _, err = replay({}, "# ip=not-an-ip\nC: QUIT\n")
     assert.are_not.equal(0, rc)
     assert.truthy(err:find("ip=not-an-ip is not an address", 1, true), err)
+  end)
+
+  it("replays the file moat wrote for a debugged address's session", function()
+    local srv = H.start {
+      tag = "replay-debug", smtp = { max_errors = 50 },
+      extra = [[
+protection = {
+  temp_block = { failed_logins = { 50, 60 }, protocol_errors = { 50, 60 },
+                 debug_failed_logins = { 50, 60 }, debug_protocol_errors = { 1, 60 },
+                 block_time = 600, limit = 100 },
+}
+]],
+    }
+    local ip = "127.0.0.71"
+    local c = H.client(srv.port, { source = ip })
+    assert.equals(500, (c:cmd("BOGUS1")))
+    assert.equals(500, (c:cmd("BOGUS2")))        -- past the debug threshold
+    c:close()
+    srv:wait_log("event=debug_on session=%S+ ip=127%.0%.0%.71")
+    -- the next session of that address is written from its start
+    c = H.client(srv.port, { source = ip })
+    assert.equals(250, (c:ehlo("attacker.example")))
+    assert.equals(250, (c:cmd("MAIL FROM:<x@attacker.example>")))
+    assert.equals(550, (c:cmd("RCPT TO:<victim@elsewhere.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(354, (c:cmd("DATA")))
+    c:send("Subject: hi\r\n\r\n..dotted line\r\n.\r\n")
+    assert.equals(250, (c:read_reply()))
+    assert.equals(221, (c:cmd("QUIT")))
+    c:close()
+    local file
+    assert.truthy(H.poll(function()
+      for f in lfs.dir(srv.dir .. "/spool/debug") do
+        if f:match("%.smtp$") then
+          local h = io.open(srv.dir .. "/spool/debug/" .. f)
+          local t = h:read("a")
+          h:close()
+          if t:find("C: EHLO attacker.example", 1, true) and t:find("S: 221 ", 1, true) then file = srv.dir .. "/spool/debug/" .. f end
+        end
+      end
+      return file ~= nil
+    end, 5), "no debug session file")
+    local h = io.open(file)
+    local text = h:read("a")
+    h:close()
+    assert.truthy(text:find("# ip=127.0.0.71 port=%d+ tls=off\n"), text)
+    assert.truthy(text:find("C: RCPT TO:<victim@elsewhere.example>\nS: 550 5.7.1 <victim@elsewhere.example>: relaying denied\n", 1, true), text)
+    assert.truthy(text:find("C: ..dotted line\nC: .\nS: 250 2.0.0 Ok: queued as", 1, true), text)
+    -- the first session became debugged in its middle: written too, and says so
+    local mid = 0
+    for f in lfs.dir(srv.dir .. "/spool/debug") do
+      local hh = f:match("%.smtp$") and io.open(srv.dir .. "/spool/debug/" .. f)
+      if hh then
+        local t = hh:read("a")
+        hh:close()
+        if t:find("# debugging began during the session", 1, true) then mid = mid + 1 end
+      end
+    end
+    assert.are.equal(1, mid)
+    local rc, out, err = replay_file(srv.conf or (srv.dir .. "/moat.conf"), file)
+    assert.are.equal(0, rc, err)
+    assert.are.equal("S: 550 5.7.1 <victim@elsewhere.example>: relaying denied",
+                     line_after(out, "C: RCPT TO:<victim@elsewhere.example>"), out)
+    assert.are.equal("   (rcpt: policies/relay.lua)",
+                     line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
+    assert.truthy(out:find("S: 250 2.0.0 Ok: queued as", 1, true), out)
+    srv:stop()
   end)
 end)

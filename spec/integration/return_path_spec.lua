@@ -29,13 +29,7 @@ end
 
 local function mail_from(srv, from, opts)
   opts = opts or {}
-  local c = H.client(srv.port, { source = opts.source or STRANGER })
-  assert.equal(220, c.greeting_code)
-  assert.equal(250, (c:ehlo(opts.helo or "host.example")))
-  local code, text = c:cmd("MAIL FROM:<" .. from .. ">")
-  c:cmd("QUIT")
-  c:close()
-  return code, text
+  return H.mail_from(srv.port, from, { source = opts.source or STRANGER, helo = opts.helo })
 end
 
 describe("return_path policy (integration)", function()

@@ -21,8 +21,12 @@ local COUNTERS = {
   "connections_total", "refused_denied_total", "refused_restrict_total", "refused_limit_total",
   "refused_blocked_total", "transactions_total", "messages_accepted_total", "messages_rejected_total",
   "messages_discarded_total", "rcpts_accepted_total", "rcpts_rejected_total", "hook_errors_total",
-  "dns_queries_total", "dns_timeouts_total", "dns_failures_total", "spool_commits_total",
+  "dns_queries_total", "dns_timeouts_total", "dns_failures_total",
+  "dns_cache_hits_total", "dns_cache_misses_total", "dns_cache_joined_total", "spool_commits_total",
+  "refused_disk_full_total",
   "reloads_ok_total", "reloads_failed_total",
+  "spf_pass_total", "spf_fail_total", "spf_softfail_total", "spf_neutral_total", "spf_none_total",
+  "spf_permerror_total", "spf_temperror_total",
 }
 
 local function verdict_key(policy, phase, action, code)
@@ -220,12 +224,12 @@ describe("moat stats and metrics", function()
     assert.truthy(st.lua_memory_bytes > 10000 and st.lua_memory_bytes < 64 * 1024 * 1024, text)
     assert.same({}, verdicts)
     -- every figure is one of COUNTERS (so the "nothing else moved" checks
-    -- below see every counter) or one of the six gauges / latency figures
+    -- below see every counter) or one of the seven gauges / latency figures
     local names, want = {}, {}
     for name in pairs(st) do names[#names + 1] = name end
     for _, name in ipairs(COUNTERS) do want[#want + 1] = name end
     for _, name in ipairs { "connections_current", "spool_commit_seconds_sum", "spool_commit_seconds_max",
-                            "generation", "runtimes_live", "lua_memory_bytes" } do want[#want + 1] = name end
+                            "generation", "runtimes_live", "lua_memory_bytes", "dns_cache_entries" } do want[#want + 1] = name end
     table.sort(names)
     table.sort(want)
     assert.same(want, names, text)
@@ -519,7 +523,8 @@ return {
       assert.equals("550 5.0.0 timeout", ask(srv, "a@mx2.good.example"))
       assert.equals("550 5.0.0 timeout timeout", ask(srv, "two@good.example"))
       local st, _, text = stats(srv)
-      assert_deltas(before, st, { dns_queries_total = 4, dns_timeouts_total = 4, transactions_total = 3,
+      assert_deltas(before, st, { dns_queries_total = 4, dns_timeouts_total = 4, dns_cache_misses_total = 4,
+                                  transactions_total = 3,
                                   connections_total = 3 }, text)
       assert.equals(4, hole:received())
     end)
@@ -534,7 +539,8 @@ return {
       assert.equals("550 5.0.0 servfail", ask(srv, "a@mx1.good.example"))
       assert.equals("550 5.0.0 servfail", ask(srv, "a@mx2.good.example"))
       local st, _, text = stats(srv)
-      assert_deltas(before, st, { dns_queries_total = 2, dns_failures_total = 2, transactions_total = 2,
+      assert_deltas(before, st, { dns_queries_total = 2, dns_failures_total = 2, dns_cache_misses_total = 2,
+                                  transactions_total = 2,
                                   connections_total = 2 }, text)
     end)
 
@@ -545,7 +551,8 @@ return {
       assert.equals("550 5.0.0 192.0.2.1", ask(srv, "a@mx1.good.example"))
       assert.equals("550 5.0.0 nxdomain", ask(srv, "a@nothing.example"))
       local st, _, text = stats(srv)
-      assert_deltas(before, st, { dns_queries_total = 2, transactions_total = 2, connections_total = 2 }, text)
+      assert_deltas(before, st, { dns_queries_total = 2, dns_cache_misses_total = 2, transactions_total = 2,
+                                  connections_total = 2 }, text)
       assert.equals(1, d:asked("mx1.good.example", "A"))
     end)
   end)

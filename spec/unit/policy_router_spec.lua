@@ -1,50 +1,21 @@
 -- Unit specs for the stock policies router, relay and return_path, run
 -- without the daemon: the real moat module (lua/moat/init.lua) over a stub
 -- "moat.core" with canned settings, tables, address lists and DNS answers.
-local POLICY_DIR = "policies/"
 
 -- dns: { ["name TYPE"] = { "answer", ... } | "nxdomain" | "nodata" | "servfail" | "timeout" }
--- (anything not listed is nxdomain)
+-- (anything not listed is nxdomain).  moat.test does the stub core; the
+-- hooks table and the chain (env.logs, env.queries) are returned.
+local T = require "moat.test"
+
 local function load_policy(name, opts)
   opts = opts or {}
-  local env = { queries = {}, logs = {} }
-  local function answer(q)
-    env.queries[#env.queries + 1] = q[2] .. " " .. q[1]
-    local r = (opts.dns or {})[q[1] .. " " .. q[2]]
-    if r == nil then return { error = "nxdomain" } end
-    if type(r) == "string" then return { error = r } end
-    return { answers = r }
-  end
-  local lists = opts.lists or { client_ips = { ["127.0.0.1"] = true } }
-  local core = {
+  local env, err = T.load {
+    root = ".", policies = { name }, tables = opts.tables, table_dir = "/etc/moat", dns = opts.dns,
+    lists = opts.lists or { client_ips = { "127.0.0.1" } },
     settings = opts.settings or { main_domain = "example.test", local_domains = { "example.test", "corp.example.test" } },
-    table_text = function(t)
-      local text = (opts.tables or {})[t]
-      if text then return text, "/etc/moat/" .. t end
-    end,
-    dns_query_all = function(list)
-      local out = {}
-      for i, q in ipairs(list) do out[i] = answer(q) end
-      return out
-    end,
-    dns_query = function(n, t)
-      local r = answer { n, t }
-      if r.answers then return r.answers end
-      return nil, r.error
-    end,
-    list = function(n)
-      return { contains = function(_, ip) return (lists[n] or {})[ip] == true end }
-    end,
-    log = function(...) env.logs[#env.logs + 1] = table.concat({ ... }, " ") end,
   }
-  package.loaded["moat"] = nil
-  package.loaded["moat.core"] = nil
-  package.preload["moat.core"] = function() return core end
-  local chunk = assert(loadfile(POLICY_DIR .. name .. ".lua"))
-  local ok, hooks = pcall(chunk)
-  package.preload["moat.core"] = nil
-  if not ok then return nil, hooks end
-  return hooks, env
+  if not env then return nil, err end
+  return env.hooks[1].hooks, env
 end
 
 local function session(env, fields)

@@ -505,4 +505,55 @@ describe("moat.status", function()
       assert.equal(0, rec.batches)
     end)
   end)
+
+  describe("client_by_dns_name: forward-confirmed (DESIGN §9)", function()
+    local CORP = { rbl_servers = { ZONE1 }, blacklist_by_dns_name = { "*.corp.example" },
+                   client_by_dns_name = { "*.corp.example" } }
+    local FWD = "pc7.corp.example A"
+
+    it("a PTR name that matches and resolves back to the address -> client, RBL and name rules ignored", function()
+      local st, rec = load { protection = CORP,
+        dns = { [PTR] = { "pc7.corp.example" }, [FWD] = { "198.51.100.1", IP }, [Z1] = { "127.0.0.2" } } }
+      local r = st.decide(IP, BOTH)
+      assert.equal("client", r.status)
+      assert.equal("client_by_dns_name", r.reason)
+      assert.is_nil(r.zone)
+      assert.equal("pc7.corp.example", r.ptr)
+      assert.same({ "PTR 7.2.0.192.in-addr.arpa", "A 7.2.0.192." .. ZONE1, "A pc7.corp.example" }, rec.queries)
+      assert.equal("[192.0.2.7](pc7.corp.example) is Client", st.test_address(IP))
+    end)
+
+    it("a PTR name that resolves elsewhere or not at all never makes a client, and is logged", function()
+      for _, fwd in ipairs { { "198.51.100.1" }, "nxdomain", "servfail" } do
+        local st, rec = load { protection = CORP, dns = { [PTR] = { "pc7.corp.example" }, [FWD] = fwd } }
+        local r = st.decide(IP, { names = false, rbl = false }, nil, function(m) rec.logs[#rec.logs + 1] = m end)
+        assert.equal("other", r.status)
+        assert.matches("client_by_dns_name: PTR name pc7.corp.example of 192.0.2.7 does not resolve back", rec.logs[1], 1, true)
+      end
+      -- unconfirmed, the other name rules still apply
+      local st = load { protection = CORP, dns = { [PTR] = { "pc7.corp.example" } } }
+      assert.equal("blacklisted", st.decide(IP, BOTH).status)
+    end)
+
+    it("is asked even without the blacklist and rbl policies (the relay policy's connect); no forward query for other names", function()
+      local st, rec = load { protection = CORP, policies = { "relay" }, dns = { [PTR] = { "mail.other.example" } } }
+      local s = session(IP)
+      st.apply(s, {})
+      assert.equal("other", s.status)
+      assert.same({ "PTR 7.2.0.192.in-addr.arpa" }, rec.queries)
+      st, rec = load { protection = CORP, policies = { "relay" },
+                       dns = { [PTR] = { "pc7.corp.example" }, [FWD] = { IP } } }
+      s = session(IP)
+      st.apply(s, {})
+      assert.equal("client", s.status)
+      assert.equal("address status: client (client_by_dns_name)", s.logged[1])
+    end)
+
+    it("the lists still decide first: blacklisted_ips is not undone by a client name; no DNS", function()
+      local st, rec = load { protection = CORP, lists = { blacklisted_ips = { [IP] = true } },
+                             dns = { [PTR] = { "pc7.corp.example" }, [FWD] = { IP } } }
+      assert.equal("blacklisted", st.decide(IP, BOTH).status)
+      assert.same({}, rec.queries)
+    end)
+  end)
 end)

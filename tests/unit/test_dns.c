@@ -3,6 +3,7 @@
  * The silent socket (bound, never read) is what a dead resolver looks like
  * from the client: no answer, no ICMP error, so only timeouts end queries. */
 #include "../../src/dns.h"
+#include "../../src/dnscache.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -620,6 +621,77 @@ static void test_stats(dns *d)
           "stats on live server: q=%lu t=%lu f=%lu", st.queries, st.timeouts, st.failures);
 }
 
+/* ---- with a cache (dnscache.h) ------------------------------------------ */
+
+static void test_cache(const char *live, const char *dead)
+{
+    dnscache *c = dnscache_new(100, 3600);
+    dns *d = mkdns(live, 200, 2), *dd = mkdns(dead, 200, 1);
+    if (!c || !d || !dd) {
+        check(0, "cache test setup");
+        return;
+    }
+    dns_set_cache(d, c);
+    dns_set_cache(dd, c);
+    struct dns_stats st0, st;
+    dns_get_stats(d, &st0);
+
+    dns_answer a = { 1, (struct dns_rr[]){ { (char *)"192.0.2.9", 0 } } };
+    dnscache_put(c, "cached.test", DNS_A, DNS_OK, &a, 60);
+    struct result r;
+    memset(&r, 0, sizeof r);
+    dns_query_start(d, "CACHED.test", DNS_A, on_result, &r);
+    check(r.calls == 0, "cache hit: the callback has not run when dns_query_start returns");
+    run_until(&r.calls, 1000);
+    dns_get_stats(d, &st);
+    check(r.calls == 1 && r.status == DNS_OK && has(&r, "192.0.2.9", 0) && st.queries == st0.queries,
+          "cache hit: answered from the loop, nothing sent (%s)", dns_status_str(r.status));
+    int cancelled = 0;
+    dns_cancel(dns_query_start(d, "cached.test", DNS_A, count_call, &cancelled));
+    run_for(50);
+    check(cancelled == 0, "cache hit cancelled before the loop ran: no callback");
+
+    struct result r1, r2;
+    memset(&r1, 0, sizeof r1);
+    memset(&r2, 0, sizeof r2);
+    dns_query_start(d, "mx.test", DNS_MX, on_result, &r1);
+    dns_query_start(d, "mx.test", DNS_MX, on_result, &r2);
+    run_until(&r2.calls, 2000);
+    run_until(&r1.calls, 2000);
+    dns_get_stats(d, &st);
+    check(r1.calls == 1 && r2.calls == 1 && r1.n == 2 && r2.n == 2 && has(&r2, "mail.mx.test", 10) &&
+              st.queries == st0.queries + 1,
+          "two askers of one question: one query, both answered (queries +%lu)", st.queries - st0.queries);
+
+    /* TTL 0 from this dnsmasq: nothing was cached, the next asker asks */
+    r = query(d, "mx.test", DNS_MX);
+    dns_get_stats(d, &st);
+    check(r.status == DNS_OK && st.queries == st0.queries + 2, "TTL 0 answer not cached: asked again");
+
+    int kept = 0, dropped = 0;
+    struct dns_stats sd0, sd;
+    dns_get_stats(dd, &sd0);
+    dns_query_start(dd, "x.test", DNS_A, count_call, &kept);
+    dns_cancel(dns_query_start(dd, "x.test", DNS_A, count_call, &dropped));
+    run_for(400);
+    dns_get_stats(dd, &sd);
+    check(kept == 1 && dropped == 0 && sd.queries == sd0.queries + 1 && sd.timeouts == sd0.timeouts + 1,
+          "a cancelled waiter is skipped, the other gets the timeout; one query");
+    int e1 = 0, e2 = 0;
+    dns_query_start(dd, "y.test", DNS_A, count_call, &e1);
+    dns_query_start(dd, "y.test", DNS_A, count_call, &e2);
+    dns_query_start(dd, "y.test", DNS_A, count_call, &e2);
+    dns_get_stats(dd, &sd0);
+    check(sd0.queries == sd.queries + 1, "three askers while one is in flight: one query");
+    dns_free(dd);
+    check(e1 == 1 && e2 == 2, "dns_free: every waiter of a shared question called back");
+    struct dnscache_stats cs;
+    dnscache_get_stats(c, &cs);
+    check(cs.entries == 1, "timeouts were not cached (entries %lu)", cs.entries);
+    dns_free(d);
+    dnscache_free(c);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -653,6 +725,7 @@ int main(void)
             dns_free(dd);
             test_free_in_callback(live);
             test_free_outstanding(dead, live);
+            test_cache(live, dead);
             dns_free(d);
         }
     }

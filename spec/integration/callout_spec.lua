@@ -1,0 +1,125 @@
+-- Reverse Connect (sender callout, DESIGN §8) over real SMTP: the sender
+-- domain's MX is a scriptable SMTP server (spec/helpers/nexthop.lua's fake)
+-- on 127.0.0.2, found through dnsmasq (spec/helpers/dns.lua).  Its RCPT
+-- answers by local part: "bad" 550, "later" 451, "hang" nothing, "huge" a
+-- 1 MB line, others 250.
+local H = require "helpers.moat"
+local DNS = require "helpers.dns"
+local NH = require "helpers.nexthop"
+
+local STRANGER = "127.0.0.9"
+
+local function mail_from(srv, from)
+  return H.mail_from(srv.port, from, { source = STRANGER })
+end
+
+describe("reverse connect (integration)", function()
+  local dns, mx, srv
+
+  setup(function()
+    mx = NH.fake { address = "127.0.0.2" }
+    dns = DNS.start {
+      mx = { ["sender.example"] = "mx.sender.example", ["self.example"] = "mx.self.example" },
+      a = { ["mx.sender.example"] = "127.0.0.2", ["mx.self.example"] = "127.0.0.1",
+            ["bare.example"] = "127.0.0.2" },
+    }
+    srv = H.start { tag = "callout", policies = { "return_path", "reverse_connect", "relay" },
+                    extra = ('dns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
+                             .. 'protection = { reverse_connect = { mode = "reject", timeout = 2, port = %d } }\n')
+                      :format(dns.server, mx.port) }
+  end)
+  teardown(function()
+    NH.stop_all()
+    H.stop_all()
+    DNS.stop_all()
+  end)
+
+  local function probes(addr)
+    return #mx:grep("^rcpt <" .. addr:gsub("%p", "%%%0") .. ">")
+  end
+
+  it("accepts a sender the MX accepts, with the probe dialogue and no DATA", function()
+    local code, text = mail_from(srv, "good@sender.example")
+    assert.are.equal(250, code, text)
+    assert.is_true(H.poll(function() return #mx:grep("^quit") > 0 end, 3))
+    local l = mx:lines()
+    local want = { "connect", "ehlo", "mail <>", "rcpt <good@sender.example> 250", "quit" }
+    assert.are.same(want, { table.unpack(l, 1, 5) })
+    assert.are.equal(0, #mx:grep("^data"))
+  end)
+
+  it("serves a second session from the cache", function()
+    assert.are.equal(250, (mail_from(srv, "cached@sender.example")))
+    assert.are.equal(250, (mail_from(srv, "cached@sender.example")))
+    assert.are.equal(1, probes("cached@sender.example"))
+  end)
+
+  it("rejects with the remote text when the MX refuses the address, and caches that", function()
+    local code, text = mail_from(srv, "bad@sender.example")
+    assert.are.equal(550, code)
+    assert.matches("^550 5%.1%.7 Sender address rejected: 5%.1%.1 no such user", text)
+    assert.are.equal(550, (mail_from(srv, "bad@sender.example")))
+    assert.are.equal(1, probes("bad@sender.example"))
+  end)
+
+  it("tempfails (not cached) when the MX tempfails", function()
+    local code, text = mail_from(srv, "later@sender.example")
+    assert.are.equal(451, code)
+    assert.matches("^451 4%.1%.7", text)
+    assert.are.equal(451, (mail_from(srv, "later@sender.example")))
+    assert.are.equal(2, probes("later@sender.example"))
+  end)
+
+  it("tempfails within the timeout when the MX never answers", function()
+    local t0 = os.time()
+    local code, text = mail_from(srv, "hang@sender.example")
+    assert.are.equal(451, code)
+    assert.matches("^451 4%.1%.7", text)
+    assert.is_true(os.time() - t0 <= 4, "took " .. (os.time() - t0) .. "s")
+  end)
+
+  it("tempfails on a 1 MB reply line", function()
+    local code, text = mail_from(srv, "huge@sender.example")
+    assert.are.equal(451, code)
+    assert.matches("^451 4%.1%.7", text)
+    assert.are.equal(250, (mail_from(srv, "good2@sender.example")))   -- still serving
+  end)
+
+  it("shares one probe between concurrent sessions", function()
+    local cs = {}
+    for i = 1, 3 do
+      local c = H.client(srv.port, { source = STRANGER })
+      c:ehlo("host.example")
+      cs[i] = c
+    end
+    for _, c in ipairs(cs) do c.sock:send("MAIL FROM:<hang@sender.example>\r\n") end
+    for _, c in ipairs(cs) do
+      local code = c:read_reply()
+      assert.are.equal(451, code)
+      c:close()
+    end
+    assert.are.equal(1, probes("hang@sender.example") - 1)   -- one before this test
+  end)
+
+  it("uses the domain's A record when it has no MX", function()
+    assert.are.equal(550, (mail_from(srv, "bad@bare.example")))
+  end)
+
+  it("never probes moat's own address, never local domains or <>", function()
+    local before = #mx:grep("^connect")
+    local code = mail_from(srv, "x@self.example")
+    assert.are.equal(451, code)     -- no host left to ask
+    assert.are.equal(250, (mail_from(srv, "someone@example.test")))
+    assert.are.equal(250, (mail_from(srv, "")))
+    assert.are.equal(before, #mx:grep("^connect"))
+  end)
+
+  it("moat --check refuses a bad mode", function()
+    local dir, path = H.prepare { tag = "callout-check", policies = { "reverse_connect", "relay" },
+                                  extra = 'protection = { reverse_connect = { mode = "rejekt" } }' }
+    local rc, out, err = H.check(path)
+    assert.are_not.equal(0, rc)
+    assert.matches("protection%.reverse_connect%.mode: expected", out .. err)
+    os.execute("rm -rf " .. H.shquote(dir))
+  end)
+end)

@@ -1,0 +1,176 @@
+/* shadow.c - the shadow chain beside the live one (see shadow.h). */
+#include "shadow.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "runtime.h"
+
+#define NACT 8          /* enum verdict_action values */
+#define RECENT 20       /* moatctl shadow shows the last 20 differences */
+
+struct shadow_sess {
+    struct lb_session lb;
+    char id[32], ip[64];
+    enum phase ph;      /* the hook being compared */
+    int active;         /* a comparison is open for ph */
+    int live_done, sh_done;
+    struct verdict live, shv;
+};
+
+static const char *const act_names[NACT] = { "none", "accept", "reject", "tempfail", "drop", "discard", "error", "redirect" };
+
+/* Process-wide counters: they outlive reloads, like the other stats. */
+static struct {
+    unsigned long sessions, hooks, skipped, errors, diffs;
+    unsigned long pairs[PH_COUNT][NACT][NACT];   /* differing hooks: [phase][live][shadow] */
+    struct recent { char line[1024]; } recent[RECENT];
+    int nrecent, next;
+} S;
+
+/* "250 text" / "550 5.7.1 text" as the client would have seen it. */
+static void verdict_text(const struct verdict *v, char *buf, size_t len)
+{
+    if (v->action == V_NONE)
+        snprintf(buf, len, "none");
+    else
+        snprintf(buf, len, "%d %s", v->code ? v->code : (v->action == V_ACCEPT ? 250 : 451), v->text);
+}
+
+static void policy_file(const struct verdict *v, char *buf, size_t len)
+{
+    /* Stock policies are named, site scripts by their file name. */
+    if (v->action == V_ERROR)
+        snprintf(buf, len, "error");
+    else if (v->policy[0] && !strstr(v->policy, ".lua"))
+        snprintf(buf, len, "policies/%s.lua", v->policy);
+    else
+        snprintf(buf, len, "%s", v->policy[0] ? v->policy : "-");
+}
+
+static void compare(struct shadow_sess *sh)
+{
+    sh->active = 0;
+    const struct verdict *a = &sh->live, *b = &sh->shv;
+    if (a->action == b->action && a->code == b->code)
+        return;
+    char lt[600], st[600], pf[96], ph[16];
+    verdict_text(a, lt, sizeof lt);
+    verdict_text(b, st, sizeof st);
+    policy_file(b, pf, sizeof pf);
+    snprintf(ph, sizeof ph, "%s", phase_names[sh->ph]);
+    log_kv(LOG_INFO, "shadow_diff", "session", sh->id, "phase", ph, "ip", sh->ip, "live", lt,
+           "shadow", st, "policy", pf, NULL);
+    S.diffs++;
+    S.pairs[sh->ph][a->action][b->action]++;
+    snprintf(S.recent[S.next].line, sizeof S.recent[S.next].line,
+             "session=%s phase=%s ip=%s live=\"%.200s\" shadow=\"%.200s\" policy=%s", sh->id, ph, sh->ip, lt, st, pf);
+    S.next = (S.next + 1) % RECENT;
+    if (S.nrecent < RECENT)
+        S.nrecent++;
+}
+
+static void got_shadow(struct shadow_sess *sh, const struct verdict *v)
+{
+    if (!sh->active)
+        return;
+    if (v->action == V_ERROR)
+        S.errors++;     /* lua_bridge logged it as event=shadow_error */
+    sh->shv = *v;
+    sh->sh_done = 1;
+    if (sh->live_done)
+        compare(sh);
+}
+
+static void on_shadow_done(void *owner, const struct verdict *v) { got_shadow(owner, v); }
+
+struct shadow_sess *shadow_open(struct runtime *rt, const char *id, const char *ip)
+{
+    struct runtime *srt = rt->shadow;
+    if (!srt || rt->shadow_sample <= 0)
+        return NULL;
+    /* drand48: a sample, not a secret. */
+    if (rt->shadow_sample < 1 && drand48() >= rt->shadow_sample)
+        return NULL;
+    struct shadow_sess *sh = calloc(1, sizeof *sh);
+    lb_session_open(&sh->lb, srt, sh, on_shadow_done);
+    snprintf(sh->id, sizeof sh->id, "%s", id);
+    snprintf(sh->ip, sizeof sh->ip, "%s", ip);
+    S.sessions++;
+    return sh;
+}
+
+void shadow_close(struct shadow_sess *sh)
+{
+    if (!sh)
+        return;
+    lb_disconnect(&sh->lb);
+    lb_session_close(&sh->lb);
+    free(sh);
+}
+
+struct lb_session *shadow_begin(struct shadow_sess *sh, enum phase ph)
+{
+    if (!sh)
+        return NULL;
+    if (sh->lb.running || sh->lb.waiting) {
+        S.skipped++;
+        return NULL;
+    }
+    sh->active = 1;
+    sh->ph = ph;
+    sh->live_done = sh->sh_done = 0;
+    S.hooks++;
+    return &sh->lb;
+}
+
+void shadow_done_now(struct shadow_sess *sh, const struct verdict *v) { got_shadow(sh, v); }
+
+void shadow_live(struct shadow_sess *sh, enum phase ph, const struct verdict *v)
+{
+    if (!sh || !sh->active || sh->ph != ph || sh->live_done)
+        return;
+    sh->live = *v;
+    sh->live_done = 1;
+    if (sh->sh_done)
+        compare(sh);
+}
+
+struct lb_session *shadow_lb(struct shadow_sess *sh) { return sh ? &sh->lb : NULL; }
+
+void shadow_report(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "sessions: %lu\nhooks: %lu\nskipped: %lu\nerrors: %lu\ndifferences: %lu\n",
+                        S.sessions, S.hooks, S.skipped, S.errors, S.diffs);
+    for (int p = 0; p < PH_COUNT; p++)
+        for (int a = 0; a < NACT; a++)
+            for (int b = 0; b < NACT; b++)
+                if (S.pairs[p][a][b])
+                    evbuffer_add_printf(out, "diff %s %s->%s: %lu\n", phase_names[p], act_names[a], act_names[b],
+                                        S.pairs[p][a][b]);
+    int first = (S.next - S.nrecent + RECENT) % RECENT;
+    for (int i = 0; i < S.nrecent; i++)
+        evbuffer_add_printf(out, "recent %s\n", S.recent[(first + i) % RECENT].line);
+}
+
+void shadow_prometheus(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP moat_shadow_hooks_total Hooks run on the shadow chain\n"
+                             "# TYPE moat_shadow_hooks_total counter\nmoat_shadow_hooks_total %lu\n"
+                             "# HELP moat_shadow_skipped_total Hooks the shadow skipped (still busy with the previous one)\n"
+                             "# TYPE moat_shadow_skipped_total counter\nmoat_shadow_skipped_total %lu\n"
+                             "# HELP moat_shadow_errors_total Shadow hook errors (script errors, budget overruns)\n"
+                             "# TYPE moat_shadow_errors_total counter\nmoat_shadow_errors_total %lu\n"
+                             "# HELP moat_shadow_diffs_total Hooks where shadow and live verdicts differ, by phase and verdict pair\n"
+                             "# TYPE moat_shadow_diffs_total counter\n",
+                        S.hooks, S.skipped, S.errors);
+    for (int p = 0; p < PH_COUNT; p++)
+        for (int a = 0; a < NACT; a++)
+            for (int b = 0; b < NACT; b++)
+                if (S.pairs[p][a][b])
+                    evbuffer_add_printf(out, "moat_shadow_diffs_total{phase=\"%s\",live=\"%s\",shadow=\"%s\"} %lu\n",
+                                        phase_names[p], act_names[a], act_names[b], S.pairs[p][a][b]);
+}
