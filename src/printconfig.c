@@ -77,6 +77,7 @@ static void push_effective(lua_State *L, const struct config *c)
     set_str(L, "control_socket", c->control_socket);
     set_str(L, "user", c->user);
     set_int(L, "shutdown_timeout", c->shutdown_timeout);
+    set_int(L, "min_free_space", c->min_free_space_mb);
     set_str(L, "log_level", c->log_level);
     lua_pushboolean(L, c->watch);
     lua_setfield(L, -2, "watch");
@@ -85,6 +86,8 @@ static void push_effective(lua_State *L, const struct config *c)
     set_list(L, "servers", c->dns_servers);
     set_int(L, "timeout_ms", c->dns_timeout_ms);
     set_int(L, "tries", c->dns_tries);
+    set_int(L, "cache_size", c->dns_cache_size);
+    set_int(L, "cache_max_ttl", c->dns_cache_max_ttl);
     lua_setfield(L, -2, "dns");
 
     if (c->metrics_address) {

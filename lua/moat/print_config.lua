@@ -39,7 +39,7 @@ end
 -- In the order of conf/moat.conf; anything else (a setting added later) follows, sorted.
 local ORDER = {
   "server_name", "main_domain", "local_domains", "spool_dir", "spool_threads", "spool_sync",
-  "control_socket", "user", "shutdown_timeout", "log_level", "watch", "dns", "metrics",
+  "control_socket", "user", "shutdown_timeout", "min_free_space", "log_level", "watch", "dns", "metrics",
   "tables", "domains", "smtp", "lua", "delivery", "protection", "policies", "scripts",
 }
 local SKIP = { listeners = true, lines = true, config_dir = true }
