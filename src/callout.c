@@ -33,7 +33,15 @@ struct probe {
 static struct probe *probes;  /* running probes, one per address */
 static int nrunning;
 
+static unsigned long long nstarted, njoined;
+
 int callout_running(void) { return nrunning; }
+
+void callout_counts_get(unsigned long long *started, unsigned long long *joined)
+{
+    *started = nstarted;
+    *joined = njoined;
+}
 
 static void probe_free(struct probe *p)
 {
@@ -173,6 +181,7 @@ struct callout_wait *callout_probe(struct event_base *base, const char *address,
         p->next = probes;
         probes = p;
         nrunning++;
+        nstarted++;
         p->timer = evtimer_new(base, on_timeout, p);
         struct timeval tv = { p->timeout_s, 0 };
         evtimer_add(p->timer, &tv);
@@ -203,6 +212,7 @@ struct callout_wait *callout_probe(struct event_base *base, const char *address,
     w->arg = arg;
     w->next = p->waiters;
     p->waiters = w;
+    njoined++;
     return w;
 }
 

@@ -30,5 +30,7 @@ struct callout_wait *callout_probe(struct event_base *base, const char *address,
 void callout_cancel(struct callout_wait *w);
 /* Probes running now (for tests and stats). */
 int callout_running(void);
+/* Probes started and requests that joined a running probe, since start. */
+void callout_counts_get(unsigned long long *started, unsigned long long *joined);
 
 #endif

@@ -240,11 +240,19 @@ struct proxy_wait {
 
 static struct proxy_wait *waits;   /* to free what is still waiting at exit */
 
-static void proxy_refused(struct proxy_wait *w, const char *why)
+/* Every refusal on a proxy = true socket, logged and counted in one place so
+ * `moatctl stats` (refused_proxy_total) matches the event=proxy_refused lines. */
+static void proxy_refuse_log(const struct sockaddr *sa, const struct listener_sock *ls, const char *why)
 {
     char ip[64];
-    addr_text((struct sockaddr *)&w->peer, ip, sizeof ip);
-    log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", w->ls->desc, "reason", why, NULL);
+    addr_text(sa, ip, sizeof ip);
+    srv.stats.refused_proxy++;
+    log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", why, NULL);
+}
+
+static void proxy_refused(struct proxy_wait *w, const char *why)
+{
+    proxy_refuse_log((struct sockaddr *)&w->peer, w->ls, why);
 }
 
 static void proxy_wait_free(struct proxy_wait *w, int close_fd)
@@ -353,9 +361,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     const struct sock_conf *sc = sock_conf_of(ls);
     if (sc && sc->proxy) {
         if (!iplist_contains_sa(srv.rt->cfg.proxy_from, sa)) {
-            char ip[64];
-            addr_text(sa, ip, sizeof ip);
-            log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "not_in_proxy_from", NULL);
+            proxy_refuse_log(sa, ls, "not_in_proxy_from");
             close(fd);
             return;
         }
@@ -363,9 +369,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
          * it a balancer's flood of silent connections would be unbounded. */
         int max = srv.rt->cfg.listeners[ls->listener_index].max_connections;
         if (max && ls->state->active + ls->state->waiting >= max) {
-            char ip[64];
-            addr_text(sa, ip, sizeof ip);
-            log_kv(LOG_WARN, "proxy_refused", "ip", ip, "socket", ls->desc, "reason", "max_connections", NULL);
+            proxy_refuse_log(sa, ls, "max_connections");
             close(fd);
             return;
         }

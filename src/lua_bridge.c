@@ -466,6 +466,13 @@ static int l_spf_result(lua_State *L)
     return 0;
 }
 
+/* moat.core.callout_result(result, cached): count one Reverse Connect check. */
+static int l_callout_result(lua_State *L)
+{
+    stats_callout(luaL_checkstring(L, 1), lua_toboolean(L, 2));
+    return 0;
+}
+
 static int l_is_local_address(lua_State *L)
 {
     unsigned char want[16], key[16];
@@ -587,7 +594,7 @@ static int luaopen_moat_core(lua_State *L)
     static const luaL_Reg fns[] = {
         { "sleep", l_sleep }, { "log", l_log }, { "list", l_list },
         { "dns_query", l_dns_query }, { "dns_query_all", l_dns_query_all },
-        { "dns_reverse", l_dns_reverse }, { "callout", l_callout }, { "config", l_config },
+        { "dns_reverse", l_dns_reverse }, { "callout", l_callout }, { "callout_result", l_callout_result }, { "config", l_config },
         { "table_text", l_table_text }, { "is_local_address", l_is_local_address }, { "spf_result", l_spf_result },
         { NULL, NULL },
     };

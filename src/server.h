@@ -16,6 +16,7 @@ struct tempblock;
 struct stats {
     uint64_t connections_total, connections_current;
     uint64_t refused_denied, refused_restrict, refused_limit, refused_blocked;
+    uint64_t refused_proxy;    /* PROXY-protocol sockets: every event=proxy_refused */
     uint64_t transactions, messages_accepted, messages_rejected, messages_discarded;
     uint64_t rcpts_accepted, rcpts_rejected;
     uint64_t hook_errors;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "callout.h"
 #include "dns.h"
 #include "dnscache.h"
 #include "runtime.h"
@@ -65,6 +66,19 @@ void stats_spf(const char *result)
             spf_counts[i]++;
 }
 
+/* Reverse Connect outcomes: ok, rejected, tempfail, then answered from the cache. */
+static unsigned long long callout_counts[4];
+
+void stats_callout(const char *result, int cached)
+{
+    static const char *const names[] = { "ok", "rejected", "tempfail" };
+    for (int i = 0; result && i < 3; i++)
+        if (strcmp(result, names[i]) == 0)
+            callout_counts[i]++;
+    if (cached)
+        callout_counts[3]++;
+}
+
 void stats_free(void)
 {
     free(rows);
@@ -101,6 +115,8 @@ static int collect(struct metric *m)
     M("refused_restrict_total", "Connections closed by a socket's grant/deny list", "counter", st->refused_restrict);
     M("refused_limit_total", "Connections refused by connection limits", "counter", st->refused_limit);
     M("refused_blocked_total", "Connections refused: temporarily blocked address", "counter", st->refused_blocked);
+    M("refused_proxy_total", "Connections closed on a proxy = true socket before the header was accepted", "counter",
+      st->refused_proxy);
     M("transactions_total", "MAIL transactions started", "counter", st->transactions);
     M("messages_accepted_total", "Messages spooled", "counter", st->messages_accepted);
     M("messages_rejected_total", "Messages refused at DATA or after the dot", "counter", st->messages_rejected);
@@ -122,6 +138,15 @@ static int collect(struct metric *m)
     M("spf_none_total", "SPF checks at MAIL FROM: none", "counter", spf_counts[4]);
     M("spf_permerror_total", "SPF checks at MAIL FROM: permerror", "counter", spf_counts[5]);
     M("spf_temperror_total", "SPF checks at MAIL FROM: temperror", "counter", spf_counts[6]);
+    M("callout_ok_total", "Reverse Connect checks: the sender's MX accepted the address", "counter", callout_counts[0]);
+    M("callout_rejected_total", "Reverse Connect checks: the sender's MX refused the address (550 5.1.7)", "counter", callout_counts[1]);
+    M("callout_tempfail_total", "Reverse Connect checks with no verdict (451 4.1.7)", "counter", callout_counts[2]);
+    M("callout_cached_total", "Reverse Connect checks answered from the cache", "counter", callout_counts[3]);
+    unsigned long long cprobes, cjoined;
+    callout_counts_get(&cprobes, &cjoined);
+    M("callout_probes_total", "Reverse Connect probes started", "counter", cprobes);
+    M("callout_joined_total", "Reverse Connect checks that joined a probe already running", "counter", cjoined);
+    M("callout_running", "Reverse Connect probes running now", "gauge", callout_running());
     M("refused_disk_full_total", "Transactions refused with 452 4.3.1 (min_free_space, or the disk filled up)", "counter", st->refused_disk);
     M("spool_commits_total", "Spool commits", "counter", st->spool_commits);
     M("spool_commit_seconds_sum", "Time from submit to durable, summed", "counter", st->spool_latency_sum_ms / 1000.0);

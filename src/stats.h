@@ -14,6 +14,9 @@ struct evbuffer;
 void stats_verdict(const char *policy, const char *phase, const char *action, int code);
 /* One SPF check at MAIL FROM ended in result (RFC 7208 words; others are ignored). */
 void stats_spf(const char *result);
+/* One Reverse Connect check ended in result ("ok" "rejected" "tempfail";
+ * others are ignored); cached: answered from the cache, no probe. */
+void stats_callout(const char *result, int cached);
 
 void stats_render_text(struct evbuffer *out);
 void stats_render_prometheus(struct evbuffer *out);

@@ -85,7 +85,7 @@ local function remember(key, r, ttl)
   cache[key] = { result = r.result, reply = r.reply, expires = os.time() + ttl }
 end
 
-function M.check(address)
+local function check(address)
   address = tostring(address or "")
   local domain = address:match("@([^@]+)$")
   if not domain or domain:sub(1, 1) == "[" or #address > 500 or address:find("[%c<> ]") then
@@ -109,6 +109,12 @@ function M.check(address)
   else
     r = { result = "tempfail", reply = reply_text(text) }
   end
+  return r
+end
+
+function M.check(address)
+  local r = check(address)
+  core.callout_result(r.result, r.cached)   -- moatctl stats: callout_*_total
   return r
 end
 

@@ -114,6 +114,19 @@ describe("reverse connect (integration)", function()
     assert.are.equal(before, #mx:grep("^connect"))
   end)
 
+  it("counts outcomes, probes, cache hits and joined probes in moatctl stats", function()
+    local rc, out = srv:ctl("stats")
+    assert.equal(0, rc, out)
+    local function n(name) return tonumber(out:match("\n" .. name .. " (%d+)\n")) end
+    -- from the tests above: good, cached x2, bad x2, later x2, hang, huge, good2, 3 x hang, bare, self
+    assert.are.equal(4, n("callout_ok_total"))
+    assert.are.equal(3, n("callout_rejected_total"))
+    assert.are.equal(8, n("callout_tempfail_total"))
+    assert.are.equal(2, n("callout_cached_total"))
+    assert.are.equal(2, n("callout_joined_total"))
+    assert.are.equal(10, n("callout_probes_total"))
+  end)
+
   it("moat --check refuses a bad mode", function()
     local dir, path = H.prepare { tag = "callout-check", policies = { "reverse_connect", "relay" },
                                   extra = 'protection = { reverse_connect = { mode = "rejekt" } }' }

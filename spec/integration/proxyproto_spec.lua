@@ -48,6 +48,13 @@ local function refused(srv, bytes, opts)
   assert.is_true(closed, "expected a close without a greeting, got " .. tostring(why))
 end
 
+-- A counter of `moatctl stats` ("name value" lines).
+local function stat(srv, name)
+  local rc, out = srv:ctl("stats")
+  assert.equals(0, rc, out)
+  return tonumber(("\n" .. out):match("\n" .. name .. " (%d+)\n"))
+end
+
 describe("PROXY protocol", function()
   after_each(function() moat.stop_all() end)
 
@@ -84,6 +91,7 @@ describe("PROXY protocol", function()
     it("admission uses the header's address: denied_ips closes with no greeting", function()
       refused(srv, "PROXY TCP4 192.0.2.66 127.0.0.1 40000 25\r\n")
       srv:wait_log("event=refused ip=192%.0%.2%.66 .*reason=denied_ips")
+      assert.equals(0, stat(srv, "refused_proxy_total"))   -- a header accepted, then denied_ips
     end)
 
     it("closes malformed and oversized headers without a greeting and logs why", function()
@@ -105,6 +113,8 @@ describe("PROXY protocol", function()
         srv:wait_log("event=proxy_refused ip=127%.0%.0%.1 .*reason=" .. case[2])
       end
       assert.equals(0, #srv:events("connect"))
+      -- every refusal is counted, in moatctl stats (and so the metrics)
+      assert.equals(#cases, stat(srv, "refused_proxy_total"))
     end)
 
     it("closes a connection whose header is missing or incomplete after 5 s", function()
@@ -125,6 +135,7 @@ describe("PROXY protocol", function()
     it("refuses a valid header from a peer outside proxy_from", function()
       refused(srv, "PROXY TCP4 192.0.2.10 127.0.0.1 40000 25\r\n", { source = "127.0.0.2" })
       srv:wait_log("event=proxy_refused ip=127%.0%.0%.2 .*reason=not_in_proxy_from")
+      assert.equals(1, stat(srv, "refused_proxy_total"))
     end)
   end)
 

@@ -19,7 +19,7 @@ end
 -- The counters (not the gauges) of stats.c, for the "nothing else moved" checks.
 local COUNTERS = {
   "connections_total", "refused_denied_total", "refused_restrict_total", "refused_limit_total",
-  "refused_blocked_total", "transactions_total", "messages_accepted_total", "messages_rejected_total",
+  "refused_blocked_total", "refused_proxy_total", "transactions_total", "messages_accepted_total", "messages_rejected_total",
   "messages_discarded_total", "rcpts_accepted_total", "rcpts_rejected_total", "hook_errors_total",
   "dns_queries_total", "dns_timeouts_total", "dns_failures_total",
   "dns_cache_hits_total", "dns_cache_misses_total", "dns_cache_joined_total", "spool_commits_total",
@@ -27,6 +27,8 @@ local COUNTERS = {
   "reloads_ok_total", "reloads_failed_total",
   "spf_pass_total", "spf_fail_total", "spf_softfail_total", "spf_neutral_total", "spf_none_total",
   "spf_permerror_total", "spf_temperror_total",
+  "callout_ok_total", "callout_rejected_total", "callout_tempfail_total", "callout_cached_total",
+  "callout_probes_total", "callout_joined_total",
 }
 
 local function verdict_key(policy, phase, action, code)
@@ -229,7 +231,7 @@ describe("moat stats and metrics", function()
     for name in pairs(st) do names[#names + 1] = name end
     for _, name in ipairs(COUNTERS) do want[#want + 1] = name end
     for _, name in ipairs { "connections_current", "spool_commit_seconds_sum", "spool_commit_seconds_max",
-                            "generation", "runtimes_live", "lua_memory_bytes", "dns_cache_entries" } do want[#want + 1] = name end
+                            "generation", "runtimes_live", "lua_memory_bytes", "dns_cache_entries", "callout_running" } do want[#want + 1] = name end
     table.sort(names)
     table.sort(want)
     assert.same(want, names, text)
