@@ -446,6 +446,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     free(sync);
     c->control_socket = get_str(L, "control_socket", NULL);
     c->user = get_str(L, "user", "moat");
+    c->shutdown_timeout = (int)get_int(L, "shutdown_timeout", 30);
     c->log_level = get_str(L, "log_level", "info");
     lua_getfield(L, -1, "watch");
     c->watch = lua_toboolean(L, -1);

@@ -75,6 +75,7 @@ struct config {
     int spool_syncfs;         /* spool_sync = "syncfs" */
     long min_free_space_mb;   /* MAIL FROM gets 452 4.3.1 below this much free in spool_dir; 0 = off */
     char *control_socket;
+    int shutdown_timeout;     /* seconds SIGTERM lets sessions finish */
     char *user;               /* started as root, run as this user ("root" = stay root) */
     char *dns_servers;        /* comma-separated, "" = /etc/resolv.conf */
     int dns_timeout_ms, dns_tries;

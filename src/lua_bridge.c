@@ -1381,3 +1381,8 @@ void lb_config_files(struct runtime *rt, void (*cb)(void *arg, const char *path)
             cb(arg, rt->cfg.domains[i].private_key);
     }
 }
+
+void lb_push_config(struct runtime *rt)
+{
+    lua_getfield(rt->L, LUA_REGISTRYINDEX, CONFIG_KEY);
+}

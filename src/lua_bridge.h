@@ -72,6 +72,8 @@ struct lb_session {
 /* Load-time: build the Lua state of a runtime (config already parsed). */
 struct lua_State *lb_state_new(struct runtime *rt);
 int lb_load_config(struct runtime *rt, const char *path, char *err, size_t errlen);
+/* Push the table moat.config.load returned for rt (for --print-config). */
+void lb_push_config(struct runtime *rt);
 int lb_load_policies(struct runtime *rt, char *err, size_t errlen);
 /* shadow = { ... } in the parsed config of rt: 1 and *sample, or 0 if none. */
 int lb_shadow_sample(struct runtime *rt, double *sample);

@@ -27,14 +27,16 @@
 #include "replay.h"
 #include "privdrop.h"
 #include "sdnotify.h"
+#include "printconfig.h"
 
 struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check | --replay SESSION.smtp]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --print-config | --replay SESSION.smtp]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
                "  --check     load the config, every table and every script; report the first error\n"
+               "  --print-config  print the effective configuration, defaults included (config syntax)\n"
                "  --replay F  run the client session in F through the policies and print the replies\n");
 }
 
@@ -83,6 +85,10 @@ static int reload(char *err, size_t errlen);
 
 int server_reload(char *err, size_t errlen)
 {
+    if (srv.stopping) {   /* a reload would open the listeners again */
+        snprintf(err, errlen, "moat is stopping: reload refused");
+        return -1;
+    }
     sdnotify_reloading();
     int rc = reload(err, errlen);
     notify_ready(rc == 0 ? "reloaded" : "reload failed, running");
@@ -150,14 +156,47 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     server_reload(err, sizeof err);
 }
 
+static struct event *drain_timer;
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    char n[16];
+    snprintf(n, sizeof n, "%d", smtp_sessions_open());
+    log_kv(LOG_INFO, "shutdown_timeout", "sessions", n, NULL);
+    event_base_loopbreak(srv.base);   /* main() closes the rest with 421 */
+}
+
+/* Graceful stop: no new connection from now on, sessions between commands
+ * get 421 4.3.2, the others finish what they are doing (a message in DATA,
+ * a spool write) for up to shutdown_timeout seconds.  A second signal stops
+ * at once. */
 static void on_term(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     (void)arg;
-    log_kv(LOG_INFO, "stopping", "signal", sig == SIGINT ? "INT" : "TERM", NULL);
+    const char *name = sig == SIGINT ? "INT" : "TERM";
+    if (srv.stopping) {
+        log_kv(LOG_INFO, "stopping_now", "signal", name, NULL);
+        event_base_loopbreak(srv.base);
+        return;
+    }
+    char n[16];
+    snprintf(n, sizeof n, "%d", smtp_sessions_open());
+    log_kv(LOG_INFO, "stopping", "signal", name, "sessions", n, NULL);
     srv.stopping = 1;
-    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s", sig == SIGINT ? "INT" : "TERM");
-    event_base_loopbreak(srv.base);
+    sdnotify("STOPPING=1\nSTATUS=stopping on SIG%s, %s session(s) to finish", name, n);
+    listeners_close();
+    smtp_drain();
+    if (smtp_sessions_open() == 0) {
+        event_base_loopbreak(srv.base);
+        return;
+    }
+    drain_timer = evtimer_new(srv.base, on_drain_timeout, NULL);
+    struct timeval tv = { srv.rt->cfg.shutdown_timeout, 0 };
+    evtimer_add(drain_timer, &tv);
 }
 
 static int check_only(const char *path)
@@ -245,6 +284,8 @@ int main(int argc, char **argv)
             config = argv[++i];
         else if (strcmp(argv[i], "--check") == 0)
             check = 1;
+        else if (strcmp(argv[i], "--print-config") == 0)
+            check = 2;
         else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
             replay = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -259,6 +300,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (check == 2)
+        return print_config(config);
     if (check)
         return check_only(config);
     if (replay) {
@@ -293,6 +336,8 @@ int main(int argc, char **argv)
         event_free(hup);
         event_free(term);
         event_free(intr);
+        if (drain_timer)
+            event_free(drain_timer);
     }
     listeners_close();
     control_close();

@@ -59,10 +59,35 @@ static void on_hook_done(void *owner, const struct verdict *v);
 
 int smtp_sessions_open(void) { return open_sessions; }
 
+/* The shutdown_timeout ran out: whoever is left gets a 421 (best effort: it
+ * reaches a clear-text client whose output is drained) and is closed. */
 void smtp_close_all(void)
 {
-    while (all_sessions)
-        session_free(all_sessions);
+    while (all_sessions) {
+        struct session *s = all_sessions;
+        if (!s->closing && s->bev && !s->tls_switch)
+            reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->rt->cfg.server_name);
+        session_free(s);
+    }
+}
+
+static void say_shutdown(struct session *s)
+{
+    reply(s, "421 4.3.2 %s Service shutting down, closing connection", s->rt->cfg.server_name);
+    close_after_reply(s);
+}
+
+/* SIGTERM: a session between commands is told 421 now.  One in DATA, or
+ * waiting for a hook or the spool, finishes that command first:
+ * process_input says 421 when it would read the next one. */
+void smtp_drain(void)
+{
+    for (struct session *s = all_sessions, *next; s; s = next) {
+        next = s->next;
+        if (!s->busy && !s->closing && !s->tls_switch && s->state != S_INIT && s->state != S_DATA &&
+            s->auth_state == AUTH_NONE)
+            say_shutdown(s);
+    }
 }
 
 /* ---- replies -------------------------------------------------------------- */
@@ -1191,6 +1216,10 @@ void process_input(struct session *s)
                 break;
             continue;
         }
+        if (srv.stopping && s->auth_state == AUTH_NONE) {
+            say_shutdown(s);    /* between commands while moat stops */
+            return;
+        }
         int r = read_command(s, in, line, sizeof line);
         if (r == 0)
             break;
@@ -1442,6 +1471,8 @@ void session_free(struct session *s)
         s->next->prev = s->prev;
     srv.stats.connections_current--;
     free(s);
+    if (srv.stopping && open_sessions == 0)
+        event_base_loopbreak(srv.base);   /* the last session of a graceful stop is done */
 }
 
 /* ---- envelope ------------------------------------------------------------ */

@@ -19,5 +19,8 @@ int smtp_sessions_open(void);
 
 /* Shutdown: end every session (no reply; the client will retry). */
 void smtp_close_all(void);
+/* SIGTERM: 421 to the sessions between commands; the others get theirs when
+ * their current command is done.  The last session to go ends the loop. */
+void smtp_drain(void);
 
 #endif

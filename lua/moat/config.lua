@@ -167,6 +167,7 @@ local settings = {
     return v
   end,
   control_socket = function(n, v, ctx) return resolve(ctx.dir, check_type(n, v, "string")) end,
+  shutdown_timeout = function(n, v) return check_int(n, v, 0, 3600) end,
   user = function(n, v)
     check_type(n, v, "string")
     if v == "" then fail(n .. ": expected a user name") end

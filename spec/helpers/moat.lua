@@ -267,6 +267,11 @@ function M.prepare(opts)
   if M.is_root() and not (("\n" .. conf):find("\nuser%s*=")) then
     conf = conf .. (conf:sub(-1) == "\n" and "" or "\n") .. 'user = "root"\n'
   end
+  -- stop() waits 15 s for the exit; a spec that leaves a client in DATA must
+  -- not make SIGTERM wait the default 30.
+  if not (("\n" .. conf):find("\nshutdown_timeout%s*=")) then
+    conf = conf .. (conf:sub(-1) == "\n" and "" or "\n") .. 'shutdown_timeout = 3\n'
+  end
   local path = dir .. "/" .. (opts.config_name or "moat.conf")
   write_file(path, expand(conf, vars))
   for _, name in ipairs(sorted_keys(opts.files)) do
