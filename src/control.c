@@ -35,6 +35,7 @@ static void cmd_stats(struct evbuffer *out)
 {
     evbuffer_add_printf(out, "ok\n");
     stats_render_text(out);
+    shadow_stats_text(out);
 }
 
 /* A command that waits (test-address asks DNS) keeps its connection until

@@ -156,6 +156,18 @@ void shadow_report(struct evbuffer *out)
         evbuffer_add_printf(out, "recent %s\n", S.recent[(first + i) % RECENT].line);
 }
 
+void shadow_stats_text(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "shadow_hooks_total %lu\nshadow_skipped_total %lu\nshadow_errors_total %lu\n",
+                        S.hooks, S.skipped, S.errors);
+    for (int p = 0; p < PH_COUNT; p++)
+        for (int a = 0; a < NACT; a++)
+            for (int b = 0; b < NACT; b++)
+                if (S.pairs[p][a][b])
+                    evbuffer_add_printf(out, "shadow_diff phase=%s live=%s shadow=%s %lu\n", phase_names[p],
+                                        act_names[a], act_names[b], S.pairs[p][a][b]);
+}
+
 void shadow_prometheus(struct evbuffer *out)
 {
     evbuffer_add_printf(out, "# HELP moat_shadow_hooks_total Hooks run on the shadow chain\n"

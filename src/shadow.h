@@ -35,5 +35,7 @@ struct lb_session *shadow_lb(struct shadow_sess *sh);
 /* moatctl shadow; Prometheus counters. */
 void shadow_report(struct evbuffer *out);
 void shadow_prometheus(struct evbuffer *out);
+/* The same figures for `moatctl stats` (name value lines, diffs labelled). */
+void shadow_stats_text(struct evbuffer *out);
 
 #endif

@@ -9,6 +9,19 @@ local NH = require "helpers.nexthop"
 
 local STRANGER = "127.0.0.9"
 
+-- Site script: RCPT to "callout@example.test" reports what it sees: s.callout
+-- (from the MAIL FROM) and moat.callout() on another address.
+local SITE = [[
+local moat = require "moat"
+return { rcpt = function(s, rcpt)
+  if rcpt.addr.localpart == "callout" then
+    local r = moat.callout("bad@sender.example")
+    return moat.reject(550, ("5.7.1 s.callout=%s moat.callout=%s (%s)")
+      :format(s.callout and s.callout.result or "nil", r.result, r.reply))
+  end
+end }
+]]
+
 local function mail_from(srv, from)
   return H.mail_from(srv.port, from, { source = STRANGER })
 end
@@ -24,6 +37,7 @@ describe("reverse connect (integration)", function()
             ["bare.example"] = "127.0.0.2" },
     }
     srv = H.start { tag = "callout", policies = { "return_path", "reverse_connect", "relay" },
+                    scripts = { ["site.lua"] = SITE },
                     extra = ('dns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
                              .. 'protection = { reverse_connect = { mode = "reject", timeout = 2, port = %d } }\n')
                       :format(dns.server, mx.port) }
@@ -78,8 +92,10 @@ describe("reverse connect (integration)", function()
     assert.is_true(os.time() - t0 <= 4, "took " .. (os.time() - t0) .. "s")
   end)
 
-  it("tempfails on a 1 MB reply line", function()
+  it("tempfails on a 1 MB reply line, at once (not by the timeout)", function()
+    local t0 = require("socket").gettime()
     local code, text = mail_from(srv, "huge@sender.example")
+    assert.is_true(require("socket").gettime() - t0 < 1.5)
     assert.are.equal(451, code)
     assert.matches("^451 4%.1%.7", text)
     assert.are.equal(250, (mail_from(srv, "good2@sender.example")))   -- still serving
@@ -125,6 +141,37 @@ describe("reverse connect (integration)", function()
     assert.are.equal(2, n("callout_cached_total"))
     assert.are.equal(2, n("callout_joined_total"))
     assert.are.equal(10, n("callout_probes_total"))
+  end)
+
+  it("site scripts see s.callout and can call moat.callout", function()
+    local c = H.client(srv.port, { source = STRANGER })
+    c:ehlo("host.example")
+    assert.are.equal(250, (c:cmd("MAIL FROM:<good@sender.example>")))
+    local code, text = c:cmd("RCPT TO:<callout@example.test>")
+    c:close()
+    assert.are.equal(550, code)
+    assert.are.equal("550 5.7.1 s.callout=ok moat.callout=rejected (5.1.1 no such user)", text)
+  end)
+
+  it("beyond max_probes running probes: 451 4.1.7 at once, no probe", function()
+    local one = H.start { tag = "callout-max", policies = { "return_path", "reverse_connect", "relay" },
+                          extra = ('dns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
+                                   .. 'protection = { reverse_connect = { mode = "reject", timeout = 2, port = %d, max_probes = 1 } }\n')
+                            :format(dns.server, mx.port) }
+    local a = H.client(one.port, { source = STRANGER })
+    a:ehlo("host.example")
+    a.sock:send("MAIL FROM:<HANG@sender.example>\r\n")
+    assert.is_true(H.poll(function() return probes("HANG@sender.example") == 1 end, 2))
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    local code, text = H.mail_from(one.port, "other@sender.example", { source = STRANGER })
+    assert.is_true(socket.gettime() - t0 < 1)
+    assert.are.equal(451, code)
+    assert.matches("^451 4%.1%.7", text)
+    assert.are.equal(0, probes("other@sender.example"))
+    assert.are.equal(451, (a:read_reply()))
+    a:close()
+    one:stop()
   end)
 
   it("moat --check refuses a bad mode", function()

@@ -1,4 +1,5 @@
--- Integration: the OpenSPF RFC 7208 test suite (../shared/spf/rfc7208-tests.yml)
+-- Integration: the OpenSPF RFC 7208 test suite (spec/fixtures/openspf/, a copy
+-- of the suite as published, BSD licence beside it)
 -- against the real daemon (DESIGN §8).  For every scenario a small
 -- authoritative DNS server (spec/helpers/spf_dns.py) serves its zonedata on
 -- a loopback port and a fresh moat resolves through it (so no cache crosses
@@ -8,7 +9,7 @@
 local json = require "dkjson"
 local H = require "helpers.moat"
 
-local SUITE = os.getenv("SPF_SUITE") or (H.root .. "/../shared/spf/rfc7208-tests.yml")
+local SUITE = os.getenv("SPF_SUITE") or (H.root .. "/spec/fixtures/openspf/rfc7208-tests.yml")
 -- moat's own hostile cases (issue 13 "bad input"), in the same format
 local HOSTILE = H.root .. "/spec/fixtures/spf-hostile.yml"
 local PY = "/usr/bin/python3"

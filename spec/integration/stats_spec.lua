@@ -27,6 +27,7 @@ local COUNTERS = {
   "reloads_ok_total", "reloads_failed_total",
   "spf_pass_total", "spf_fail_total", "spf_softfail_total", "spf_neutral_total", "spf_none_total",
   "spf_permerror_total", "spf_temperror_total",
+  "shadow_hooks_total", "shadow_skipped_total", "shadow_errors_total",
   "callout_ok_total", "callout_rejected_total", "callout_tempfail_total", "callout_cached_total",
   "callout_probes_total", "callout_joined_total",
 }
@@ -46,8 +47,10 @@ local function ctl_stats(srv)
       t[name] = tonumber(v)
     else
       local p, ph, a, code, n = line:match("^verdict policy=(.-) phase=(%S+) action=(%S+) code=(%-?%d+) (%d+)$")
-      assert.truthy(p, "unparsable moatctl stats line: " .. line)
-      verdicts[verdict_key(p, ph, a, code)] = tonumber(n)
+      local sph, live, shadow, sn = line:match("^shadow_diff phase=(%S+) live=(%S+) shadow=(%S+) (%d+)$")
+      assert.truthy(p or sph, "unparsable moatctl stats line: " .. line)
+      if p then verdicts[verdict_key(p, ph, a, code)] = tonumber(n)
+      else verdicts["shadow|" .. sph .. "|" .. live .. "|" .. shadow] = tonumber(sn) end
     end
   end
   return t, verdicts, out
@@ -108,7 +111,10 @@ local function prom_stats(mport)
       end
       assert.truthy(name and tonumber(v), "unparsable sample: " .. line)
       assert.truthy(typed[name], "sample without a # TYPE line before it: " .. line)
-      if labels then
+      if labels and name == "moat_shadow_diffs_total" then
+        local l = parse_labels(labels:sub(2, -2), line)
+        verdicts["shadow|" .. l.phase .. "|" .. l.live .. "|" .. l.shadow] = tonumber(v)
+      elseif labels then
         assert.equals("moat_verdicts_total", name, line)
         local l = parse_labels(labels:sub(2, -2), line)
         verdicts[verdict_key(l.policy, l.phase, l.action, l.code)] = tonumber(v)
