@@ -358,6 +358,10 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
         close(fd);
         return;
     }
+    if (ls->paused) {
+        ls->paused = 0;
+        log_kv(LOG_INFO, "accept_resumed", "socket", ls->desc, NULL);
+    }
     const struct sock_conf *sc = sock_conf_of(ls);
     if (sc && sc->proxy) {
         if (!iplist_contains_sa(srv.rt->cfg.proxy_from, sa)) {
@@ -379,13 +383,38 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
     admit(fd, sa, (socklen_t)salen, ls);
 }
 
+static void on_backoff_done(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct listener_sock *ls = arg;
+    if (ls->evl && !srv.stopping)
+        evconnlistener_enable(ls->evl);
+}
+
+#define ACCEPT_BACKOFF_MS 100
+
 static void on_accept_error(struct evconnlistener *evl, void *arg)
 {
     struct listener_sock *ls = arg;
     int e = EVUTIL_SOCKET_ERROR();
-    log_kv(LOG_ERR, "accept_error", "socket", ls->desc, "error", strerror(e), NULL);
-    (void)evl;
-    /* EMFILE and friends: libevent retries on the next readable event. */
+    if (e != EMFILE && e != ENFILE && e != ENOBUFS && e != ENOMEM) {
+        log_kv(LOG_ERR, "accept_error", "socket", ls->desc, "error", strerror(e), NULL);
+        return;
+    }
+    /* Out of descriptors (or kernel memory): the pending connection stays
+     * readable, so a level-triggered listener would call accept again at
+     * once, forever, at 100% CPU.  Stop listening for a moment instead; the
+     * sessions already open go on, and as they close descriptors come back. */
+    evconnlistener_disable(evl);
+    if (!ls->backoff)
+        ls->backoff = evtimer_new(srv.base, on_backoff_done, ls);
+    struct timeval tv = { 0, ACCEPT_BACKOFF_MS * 1000 };
+    evtimer_add(ls->backoff, &tv);
+    if (!ls->paused) {   /* once per episode, not ten lines a second */
+        ls->paused = 1;
+        log_kv(LOG_WARN, "accept_paused", "socket", ls->desc, "error", strerror(e), NULL);
+    }
 }
 
 static int bind_one(const struct sockaddr *sa, socklen_t len, int v6only, char *err, size_t errlen,
@@ -598,6 +627,8 @@ void listeners_free(void)
 {
     while (all_socks) {
         struct listener_sock *n = all_socks->next;
+        if (all_socks->backoff)
+            event_free(all_socks->backoff);
         free(all_socks);
         all_socks = n;
     }

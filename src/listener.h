@@ -20,6 +20,8 @@ struct listener_sock {
     struct evconnlistener *evl;       /* NULL once a reload closed it */
     struct listener_state *state;     /* the listener's connection counts */
     int wanted;
+    struct event *backoff;            /* out of descriptors: re-enables accepting */
+    int paused;                       /* accept_paused logged, not yet resumed */
     struct listener_sock *next;
 };
 

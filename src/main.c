@@ -213,13 +213,23 @@ static int check_only(const char *path)
     return 0;
 }
 
+/* Every session is a descriptor (two in proxy mode): take all the system
+ * allows, and say how many that is. */
 static void raise_fd_limit(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
     }
+    char cur[24], max[24];
+    snprintf(cur, sizeof cur, "%llu", (unsigned long long)rl.rlim_cur);
+    snprintf(max, sizeof max, "%llu", (unsigned long long)rl.rlim_max);
+    log_kv(LOG_INFO, "fd_limit", "soft", cur, "hard", max, NULL);
 }
 
 static int start(const char *path, char *err, size_t errlen)

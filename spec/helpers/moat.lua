@@ -469,6 +469,26 @@ function M.check(conf_path)
   return rc, o, e
 end
 
+-- Start moat under a shell that records its exit code (srv.rc() once it has
+-- exited); opts as for prepare, opts.shell = commands run first (ulimit ...).
+function M.launch(opts)
+  opts = opts or {}
+  local dir, conf, vars = M.prepare(opts)
+  local sh = ("%s MOAT_ROOT=%s %s -c %s </dev/null >/dev/null 2>%s/moat.log & echo $! >%s/pid; wait $!; echo $? >%s/rc"):format(
+    opts.shell and (opts.shell .. ";") or "", shquote(M.root), shquote(M.bin()), shquote(conf), dir, dir, dir)
+  -- stdout/stderr away from busted's: a stray child must not hold its pipe open
+  M.spawn("exec sh -c " .. shquote(sh) .. " >/dev/null 2>&1")
+  local srv = { dir = dir, port = vars.PORT }
+  -- the file may exist before the shell has written the number into it
+  srv.pid = tonumber(M.poll(function() return (read_file(dir .. "/pid") or ""):match("^(%d+)\n") end, 5))
+  assert(srv.pid, "no pid")
+  assert(M.poll(function() return (read_file(dir .. "/moat.log") or ""):find("event=started", 1, true) end, 10),
+    "moat did not start: " .. tostring(read_file(dir .. "/moat.log")))
+  function srv.rc() return tonumber(read_file(dir .. "/rc") or "") end
+  function srv.log() return read_file(dir .. "/moat.log") or "" end
+  return srv
+end
+
 -- ---- the SMTP client -----------------------------------------------------------
 
 local Client = {}

@@ -5,23 +5,7 @@ local moat = require "helpers.moat"
 local socket = require "socket"
 local lfs = require "lfs"
 
--- Start moat under a shell that records its exit code.
-local function launch(extra)
-  local dir, conf, vars = moat.prepare { extra = extra }
-  local sh = ("MOAT_ROOT=%s %s -c %s </dev/null >/dev/null 2>%s/moat.log & echo $! >%s/pid; wait $!; echo $? >%s/rc"):format(
-    moat.shquote(moat.root), moat.shquote(moat.bin()), moat.shquote(conf), dir, dir, dir)
-  -- stdout/stderr away from busted's: a stray child must not hold its pipe open
-  moat.spawn("exec sh -c " .. moat.shquote(sh) .. " >/dev/null 2>&1")
-  local srv = { dir = dir, port = vars.PORT }
-  -- the file may exist before the shell has written the number into it
-  srv.pid = tonumber(moat.poll(function() return (moat.read_file(dir .. "/pid") or ""):match("^(%d+)\n") end, 5))
-  assert(srv.pid, "no pid")
-  assert(moat.poll(function() return (moat.read_file(dir .. "/moat.log") or ""):find("event=started", 1, true) end, 10),
-    "moat did not start: " .. tostring(moat.read_file(dir .. "/moat.log")))
-  function srv.rc() return tonumber(moat.read_file(dir .. "/rc") or "") end
-  function srv.log() return moat.read_file(dir .. "/moat.log") or "" end
-  return srv
-end
+local launch = moat.launch
 
 local function files(dir)
   local n = {}
@@ -48,7 +32,7 @@ describe("graceful stop", function()
   end)
 
   it("stops listening, says 421 4.3.2 to idle sessions, finishes a message in DATA, exits 0", function()
-    srv = launch("shutdown_timeout = 10")
+    srv = launch { extra = "shutdown_timeout = 10" }
     local idle = moat.client(srv.port)
     idle:ehlo()
     local busy = mid_data(srv.port)
@@ -85,7 +69,7 @@ describe("graceful stop", function()
   end)
 
   it("shutdown_timeout bounds the wait: a stalled client gets 421 4.3.2 and moat exits 0", function()
-    srv = launch("shutdown_timeout = 1")
+    srv = launch { extra = "shutdown_timeout = 1" }
     local busy = mid_data(srv.port)
     socket.sleep(0.1)
     local t0 = socket.gettime()
