@@ -174,6 +174,28 @@ describe("reverse connect (integration)", function()
     one:stop()
   end)
 
+  it("stops cleanly (no leak, no sanitizer report) during a hanging probe", function()
+    -- a probe timeout far beyond the shutdown: the probe is still running
+    -- when moat exits, shared by a session that is gone and one still waiting
+    local one = H.start { tag = "callout-stop", policies = { "return_path", "reverse_connect", "relay" },
+                          extra = ('shutdown_timeout = 1\ndns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
+                                   .. 'protection = { reverse_connect = { mode = "reject", timeout = 60, port = %d } }\n')
+                            :format(dns.server, mx.port) }
+    local gone = H.client(one.port, { source = STRANGER })
+    gone:ehlo("host.example")
+    gone.sock:send("MAIL FROM:<hanG@sender.example>\r\n")
+    local waiting = H.client(one.port, { source = STRANGER })
+    waiting:ehlo("host.example")
+    assert.is_true(H.poll(function() return probes("hanG@sender.example") == 1 end, 3))
+    waiting.sock:send("MAIL FROM:<hanG@sender.example>\r\n")   -- joins the running probe
+    gone:close()
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    one:stop()            -- errors on a sanitizer report (ASan's leak check) or no exit
+    assert.is_true(socket.gettime() - t0 < 10)
+    waiting:close()
+  end)
+
   it("moat --check refuses a bad mode", function()
     local dir, path = H.prepare { tag = "callout-check", policies = { "reverse_connect", "relay" },
                                   extra = 'protection = { reverse_connect = { mode = "rejekt" } }' }
