@@ -226,11 +226,19 @@ ssize_t __wrap_write(int fd, const void *buf, size_t n)
 }
 
 /* main.c is not linked (this harness is the main program); control.c and
- * watch.c call its reload entry point, which no input can reach here. */
+ * watch.c call its reload and promote entry points, which no input can
+ * reach here. */
 int server_reload(char *err, size_t errlen);
 __attribute__((weak)) int server_reload(char *err, size_t errlen)
 {
     snprintf(err, errlen, "reload is not available in the fuzzer");
+    return -1;
+}
+
+int server_promote(char *err, size_t errlen);
+__attribute__((weak)) int server_promote(char *err, size_t errlen)
+{
+    snprintf(err, errlen, "promote is not available in the fuzzer");
     return -1;
 }
 

@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,14 +67,21 @@ static int call(struct smtpc *c, smtpc_cb cb, void *arg, int code, const char *t
     return c->close_requested;
 }
 
+/* One context for every client: the queue runner's thread and the main
+ * loop's callout probes both use it, so it is made exactly once. */
+static SSL_CTX *ctx;
+static pthread_once_t ctx_once = PTHREAD_ONCE_INIT;
+
+static void make_client_ctx(void)
+{
+    ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);   /* opportunistic TLS */
+}
+
 static SSL_CTX *client_ctx(void)
 {
-    static SSL_CTX *ctx;
-    if (!ctx) {
-        ctx = SSL_CTX_new(TLS_client_method());
-        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);   /* opportunistic TLS */
-    }
+    pthread_once(&ctx_once, make_client_ctx);
     return ctx;
 }
 
