@@ -20,6 +20,23 @@ ASANOBJ := $(CORE:%=build/asan/%.o) build/asan/main.o
 UNIT    := iplist dns dnscache address tempblock
 BUSTED  := lua5.4 /usr/bin/busted
 
+# make install (README "Deploying"): FHS layout under PREFIX, staged in DESTDIR.
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+SHAREDIR   ?= $(PREFIX)/share/moat
+SYSCONFDIR ?= /etc
+SPOOLDIR   ?= /var/spool/moat
+UNITDIR    ?= /lib/systemd/system
+# Where an installed moat finds lua/ and policies/ (MOAT_ROOT still wins).
+CFLAGS     += -DMOAT_SHAREDIR='"$(SHAREDIR)"'
+
+.PHONY: install
+# runtime.c has SHAREDIR compiled in: rebuild it when PREFIX/SHAREDIR change.
+build/sharedir.stamp: FORCE | build
+	@echo '$(SHAREDIR)' | cmp -s - $@ || echo '$(SHAREDIR)' >$@
+build/runtime.o build/asan/runtime.o: build/sharedir.stamp
+.PHONY: FORCE
+FORCE:
 .PHONY: all deps run test test-unit test-lua test-integration test-asan check clean bench fuzz fuzz-build
 
 all: deps-check moat moatctl build/lua/moat/lineset.so
@@ -102,6 +119,23 @@ fuzz-build:
 
 fuzz:
 	$(MAKE) -f fuzz/Makefile fuzz
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(SYSCONFDIR)/moat $(DESTDIR)$(UNITDIR)
+	install -m 0755 moat moatctl $(DESTDIR)$(SBINDIR)/
+	rm -rf $(DESTDIR)$(SHAREDIR)/lua $(DESTDIR)$(SHAREDIR)/policies
+	cp -r lua policies $(DESTDIR)$(SHAREDIR)/
+	install -m 0644 README.md $(DESTDIR)$(SHAREDIR)/
+	@# an existing configuration is never overwritten
+	@for f in conf/*; do t=$(DESTDIR)$(SYSCONFDIR)/moat/$$(basename $$f); \
+	  if [ -e $$t ]; then echo "install: keeping $$t"; \
+	  else sed -e 's|"../var/spool"|"$(SPOOLDIR)"|' -e 's|"../var/moat.sock"|"/run/moat/moat.sock"|' $$f >$$t; fi; done
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SHAREDIR@|$(SHAREDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	  -e 's|@SPOOLDIR@|$(SPOOLDIR)|g' dist/moat.service.in >$(DESTDIR)$(UNITDIR)/moat.service
+	install -d -m 0750 $(DESTDIR)$(SPOOLDIR)
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	  getent passwd moat >/dev/null || useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin moat; \
+	  chown moat:moat $(SPOOLDIR); fi
 
 clean:
 	rm -rf build moat moatctl

@@ -34,11 +34,12 @@ struct server srv;
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: moat -c CONFIG [--check | --print-config | --replay SESSION.smtp]\n"
+    fprintf(f, "usage: moat -c CONFIG [--check | --print-config | --replay SESSION.smtp [--shadow]]\n"
                "  -c CONFIG   configuration file (Lua syntax, see README)\n"
                "  --check     load the config, every table and every script; report the first error\n"
                "  --print-config  print the effective configuration, defaults included (config syntax)\n"
-               "  --replay F  run the client session in F through the policies and print the replies\n");
+               "  --replay F  run the client session in F through the policies and print the replies\n"
+               "  --shadow    with --replay: print the shadow chain's verdict beside each reply\n");
 }
 
 static void apply_log_level(const struct config *c)
@@ -290,6 +291,7 @@ int main(int argc, char **argv)
     const char *config = NULL;
     int check = 0;
     const char *replay = NULL;
+    int replay_shadow = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
             config = argv[++i];
@@ -299,6 +301,8 @@ int main(int argc, char **argv)
             check = 2;
         else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
             replay = argv[++i];
+        else if (strcmp(argv[i], "--shadow") == 0)
+            replay_shadow = 1;
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -307,7 +311,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!config) {
+    if (!config || (replay_shadow && !replay)) {
         usage(stderr);
         return 2;
     }
@@ -319,7 +323,7 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         evthread_use_pthreads();
         srv.base = event_base_new();
-        int r = replay_run(config, replay);
+        int r = replay_run(config, replay, replay_shadow);
         event_base_free(srv.base);
         return r;
     }

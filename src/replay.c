@@ -34,6 +34,7 @@
 #include "log.h"
 #include "runtime.h"
 #include "server.h"
+#include "shadow.h"
 #include "smtp.h"
 #include "spool.h"
 #include "tempblock.h"
@@ -51,6 +52,10 @@ struct replay {
     int answered;                /* replies printed for the current step */
     struct bufferevent *bev;     /* our (the client's) end */
     char decided[128];           /* "rcpt: policies/relay.lua" of the step's verdict */
+    int shadow;                  /* --shadow: print the shadow chain's verdicts too */
+    int waiting;                 /* the live reply is in; the shadow's verdict is not */
+    char shadow_out[4096];       /* the step's shadow lines, printed after the reply */
+    struct event *shadow_timer;  /* a shadow that never answers does not stall the replay */
 };
 
 static struct replay R;
@@ -127,6 +132,46 @@ static void on_verdict(const char *phase, const char *policy, const char *action
     snprintf(R.decided, sizeof R.decided, "%s: %s", phase, file);
 }
 
+static void send_step(void);
+
+static void flush_shadow(void)
+{
+    fputs(R.shadow_out, stdout);
+    R.shadow_out[0] = '\0';
+    fflush(stdout);
+}
+
+/* Both verdicts of one hook (shadow.c): "   shadow rcpt: none [differs]". */
+static void on_pair(enum phase ph, const struct verdict *live, const struct verdict *sv)
+{
+    char text[600], file[96];
+    shadow_verdict_text(sv, text, sizeof text);
+    shadow_policy_file(sv, file, sizeof file);
+    size_t used = strlen(R.shadow_out);
+    snprintf(R.shadow_out + used, sizeof R.shadow_out - used, "   shadow %s: %s%s%s%s [%s]\n", phase_names[ph], text,
+             sv->action == V_NONE ? "" : " (", sv->action == V_NONE ? "" : file, sv->action == V_NONE ? "" : ")",
+             live->action == sv->action && live->code == sv->code ? "same" : "differs");
+    if (R.waiting && !shadow_pending()) {
+        R.waiting = 0;
+        evtimer_del(R.shadow_timer);
+        flush_shadow();
+        send_step();
+    }
+}
+
+static void on_shadow_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (!R.waiting)
+        return;
+    R.waiting = 0;
+    printf("   shadow: no verdict within 10 s\n");
+    flush_shadow();
+    send_step();
+}
+
 static int is_cmd(const char *l, const char *cmd)
 {
     size_t n = strlen(cmd);
@@ -188,6 +233,15 @@ static void on_read(struct bufferevent *bev, void *arg)
             while (R.next < R.n && strcmp(R.lines[R.next++], ".") != 0)
                 ;
         }
+        if (R.shadow && shadow_pending()) {
+            /* The shadow runs beside the live chain and may answer later:
+             * the next command waits for it, so each step shows both. */
+            R.waiting = 1;
+            struct timeval tv = { 10, 0 };
+            evtimer_add(R.shadow_timer, &tv);
+            return;
+        }
+        flush_shadow();
         send_step();
     }
 }
@@ -228,7 +282,7 @@ static int loopback_pair(int fds[2])
     return 0;
 }
 
-int replay_run(const char *config, const char *file)
+int replay_run(const char *config, const char *file, int shadow)
 {
     char err[4096];
     snprintf(R.ip, sizeof R.ip, "127.0.0.1");
@@ -270,6 +324,18 @@ int replay_run(const char *config, const char *file)
      * answers as the store-and-forward front end instead. */
     if (srv.rt->cfg.delivery.mode == DELIVERY_PROXY)
         srv.rt->cfg.delivery.mode = DELIVERY_SPOOL;
+    if (shadow && !srv.rt->shadow) {
+        fprintf(stderr, "moat: %s: --shadow: no shadow = { ... } configured\n", config);
+        runtime_unref(srv.rt);
+        return 1;
+    }
+    if (shadow) {
+        srv.rt->shadow_sample = 1;   /* the replayed session is always in the sample */
+        R.shadow = 1;
+        shadow_on_pair = on_pair;
+        R.shadow_timer = evtimer_new(srv.base, on_shadow_timeout, NULL);
+    } else
+        srv.rt->shadow_sample = 0;   /* without --shadow only the live chain answers */
     log_set_level(LOG_WARN);     /* stdout is the transcript; warnings go to stderr */
     const struct config *c = &srv.rt->cfg;
     int rc = 1, fds[2] = { -1, -1 };
@@ -306,6 +372,9 @@ int replay_run(const char *config, const char *file)
     rc = 0;
 out:
     smtp_on_verdict = NULL;
+    shadow_on_pair = NULL;
+    if (R.shadow_timer)
+        event_free(R.shadow_timer);
     if (R.bev)
         bufferevent_free(R.bev);
     smtp_close_all();

@@ -3,6 +3,7 @@
 #define MOAT_REPLAY_H
 
 /* Prints the transcript on stdout; returns the process exit status. */
-int replay_run(const char *config, const char *file);
+/* shadow: --shadow, print the shadow chain's verdict beside each reply. */
+int replay_run(const char *config, const char *file, int shadow);
 
 #endif

@@ -30,6 +30,14 @@ const char *runtime_root(void)
     char *slash = strrchr(root, '/');
     if (slash)
         *slash = '\0';
+#ifdef MOAT_SHAREDIR
+    /* Installed (bin in PREFIX/sbin, runtime in PREFIX/share/moat): a moat
+     * next to its lua/ (the source tree) still uses that one. */
+    char probe[PATH_MAX + 32];
+    snprintf(probe, sizeof probe, "%s/lua/moat/config.lua", root);
+    if (access(probe, R_OK) != 0)
+        snprintf(root, sizeof root, "%s", MOAT_SHAREDIR);
+#endif
     return root;
 }
 

@@ -26,13 +26,14 @@ static const char *const act_names[NACT] = { "none", "accept", "reject", "tempfa
 /* Process-wide counters: they outlive reloads, like the other stats. */
 static struct {
     unsigned long sessions, hooks, skipped, errors, diffs;
+    int open;           /* comparisons started and not yet made (shadow_pending) */
     unsigned long pairs[PH_COUNT][NACT][NACT];   /* differing hooks: [phase][live][shadow] */
     struct recent { char line[1024]; } recent[RECENT];
     int nrecent, next;
 } S;
 
 /* "250 text" / "550 5.7.1 text" as the client would have seen it. */
-static void verdict_text(const struct verdict *v, char *buf, size_t len)
+void shadow_verdict_text(const struct verdict *v, char *buf, size_t len)
 {
     if (v->action == V_NONE)
         snprintf(buf, len, "none");
@@ -40,7 +41,7 @@ static void verdict_text(const struct verdict *v, char *buf, size_t len)
         snprintf(buf, len, "%d %s", v->code ? v->code : (v->action == V_ACCEPT ? 250 : 451), v->text);
 }
 
-static void policy_file(const struct verdict *v, char *buf, size_t len)
+void shadow_policy_file(const struct verdict *v, char *buf, size_t len)
 {
     /* Stock policies are named, site scripts by their file name. */
     if (v->action == V_ERROR)
@@ -51,16 +52,23 @@ static void policy_file(const struct verdict *v, char *buf, size_t len)
         snprintf(buf, len, "%s", v->policy[0] ? v->policy : "-");
 }
 
+void (*shadow_on_pair)(enum phase ph, const struct verdict *live, const struct verdict *shadow);
+
+int shadow_pending(void) { return S.open; }
+
 static void compare(struct shadow_sess *sh)
 {
     sh->active = 0;
+    S.open--;
     const struct verdict *a = &sh->live, *b = &sh->shv;
+    if (shadow_on_pair)
+        shadow_on_pair(sh->ph, a, b);
     if (a->action == b->action && a->code == b->code)
         return;
     char lt[600], st[600], pf[96], ph[16];
-    verdict_text(a, lt, sizeof lt);
-    verdict_text(b, st, sizeof st);
-    policy_file(b, pf, sizeof pf);
+    shadow_verdict_text(a, lt, sizeof lt);
+    shadow_verdict_text(b, st, sizeof st);
+    shadow_policy_file(b, pf, sizeof pf);
     snprintf(ph, sizeof ph, "%s", phase_names[sh->ph]);
     log_kv(LOG_INFO, "shadow_diff", "session", sh->id, "phase", ph, "ip", sh->ip, "live", lt,
            "shadow", st, "policy", pf, NULL);
@@ -107,6 +115,8 @@ void shadow_close(struct shadow_sess *sh)
 {
     if (!sh)
         return;
+    if (sh->active)
+        S.open--;
     lb_disconnect(&sh->lb);
     lb_session_close(&sh->lb);
     free(sh);
@@ -120,6 +130,8 @@ struct lb_session *shadow_begin(struct shadow_sess *sh, enum phase ph)
         S.skipped++;
         return NULL;
     }
+    if (!sh->active)
+        S.open++;   /* else the previous comparison never got its live verdict: replaced */
     sh->active = 1;
     sh->ph = ph;
     sh->live_done = sh->sh_done = 0;

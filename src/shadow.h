@@ -32,6 +32,14 @@ void shadow_live(struct shadow_sess *sh, enum phase ph, const struct verdict *v)
 /* Session-state mirroring (a NULL sh does nothing). */
 struct lb_session *shadow_lb(struct shadow_sess *sh);
 
+/* moat --replay --shadow: called with both verdicts of every compared hook
+ * (same or not), and the number of comparisons still waiting for a verdict. */
+extern void (*shadow_on_pair)(enum phase ph, const struct verdict *live, const struct verdict *shadow);
+int shadow_pending(void);
+/* "550 5.7.1 text" (or "none") and "policies/relay.lua" of a verdict. */
+void shadow_verdict_text(const struct verdict *v, char *buf, size_t len);
+void shadow_policy_file(const struct verdict *v, char *buf, size_t len);
+
 /* moatctl shadow; Prometheus counters. */
 void shadow_report(struct evbuffer *out);
 void shadow_prometheus(struct evbuffer *out);

@@ -9,10 +9,10 @@ local dns = require "helpers.dns"
 local dirs = {}
 
 -- Replay a session file against an existing config.
-local function replay_file(conf, file)
+local function replay_file(conf, file, flags)
   local out, err = os.tmpname(), os.tmpname()
-  local cmd = ("MOAT_ROOT=%s timeout 20 %s -c %s --replay %s >%s 2>%s; echo $?"):format(
-    H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(file), H.shquote(out), H.shquote(err))
+  local cmd = ("MOAT_ROOT=%s timeout 20 %s -c %s --replay %s %s >%s 2>%s; echo $?"):format(
+    H.shquote(H.root), H.shquote(H.bin()), H.shquote(conf), H.shquote(file), flags or "", H.shquote(out), H.shquote(err))
   local p = assert(io.popen(cmd, "r"))
   local rc = tonumber(p:read("l"))
   p:close()
@@ -215,5 +215,38 @@ protection = {
                      line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
     assert.truthy(out:find("S: 250 2.0.0 Ok: queued as", 1, true), out)
     srv:stop()
+  end)
+end)
+
+describe("moat --replay --shadow", function()
+  it("prints both chains' answers: the live chain rejects at RCPT (relaying denied), the shadow without relay accepts", function()
+    local dir, conf = H.prepare { tag = "replay", policies = { "relay" }, extra = 'shadow = { policies = { "blacklist" } }' }
+    dirs[#dirs + 1] = dir
+    write(dir .. "/session.smtp", SESSION)
+    local rc, out, err = replay_file(conf, dir .. "/session.smtp", "--shadow")
+    assert.are.equal(0, rc, err)
+    assert.falsy(err:find("Sanitizer", 1, true) or err:find("runtime error", 1, true), err)
+    -- the live reply and the policy that decided, then the shadow's verdict
+    assert.are.equal("S: 550 5.7.1 <victim@elsewhere.example>: relaying denied",
+                     line_after(out, "C: RCPT TO:<victim@elsewhere.example>"), out)
+    assert.are.equal("   (rcpt: policies/relay.lua)",
+                     line_after(out, "S: 550 5.7.1 <victim@elsewhere.example>: relaying denied"), out)
+    assert.are.equal("   shadow rcpt: none [differs]", line_after(out, "   (rcpt: policies/relay.lua)"), out)
+    -- the accepted recipient: both chains agree
+    assert.are.equal("   shadow rcpt: none [same]", line_after(out, "S: 250 2.1.5 Ok"), out)
+    assert.truthy(out:find("   shadow mail_from: none [same]", 1, true), out)
+    assert.truthy(out:find("S: 250 2.0.0 Ok: queued as ", 1, true), out)
+  end)
+
+  it("refuses --shadow without a shadow configured, and --shadow without --replay", function()
+    local dir, conf = H.prepare { tag = "replay", policies = { "relay" } }
+    dirs[#dirs + 1] = dir
+    write(dir .. "/session.smtp", SESSION)
+    local rc, _, err = replay_file(conf, dir .. "/session.smtp", "--shadow")
+    assert.are.equal(1, rc)
+    assert.truthy(err:find("no shadow", 1, true), err)
+    local p = io.popen(("%s -c %s --shadow >/dev/null 2>&1; echo $?"):format(H.shquote(H.bin()), H.shquote(conf)))
+    assert.are.equal("2", p:read("l"))
+    p:close()
   end)
 end)
