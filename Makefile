@@ -27,6 +27,7 @@ SHAREDIR   ?= $(PREFIX)/share/moat
 SYSCONFDIR ?= /etc
 SPOOLDIR   ?= /var/spool/moat
 UNITDIR    ?= /lib/systemd/system
+MANDIR     ?= $(PREFIX)/share/man
 # Where an installed moat finds lua/ and policies/ (MOAT_ROOT still wins).
 CFLAGS     += -DMOAT_SHAREDIR='"$(SHAREDIR)"'
 
@@ -126,6 +127,9 @@ install: all
 	rm -rf $(DESTDIR)$(SHAREDIR)/lua $(DESTDIR)$(SHAREDIR)/policies
 	cp -r lua policies $(DESTDIR)$(SHAREDIR)/
 	install -m 0644 README.md $(DESTDIR)$(SHAREDIR)/
+	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 docs/man/moat.8 docs/man/moatctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 docs/man/moat.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	@# an existing configuration is never overwritten
 	@for f in conf/*; do t=$(DESTDIR)$(SYSCONFDIR)/moat/$$(basename $$f); \
 	  if [ -e $$t ]; then echo "install: keeping $$t"; \

@@ -18,10 +18,20 @@ describe("make install", function()
     assert.equals(0, rc, out)
     for _, f in ipairs { "/usr/local/sbin/moat", "/usr/local/sbin/moatctl",
                          "/usr/local/share/moat/lua/moat/config.lua", "/usr/local/share/moat/policies/relay.lua",
-                         "/etc/moat/moat.conf", "/etc/moat/client.ips", "/lib/systemd/system/moat.service" } do
+                         "/etc/moat/moat.conf", "/etc/moat/client.ips", "/lib/systemd/system/moat.service",
+                         "/usr/local/share/man/man8/moat.8", "/usr/local/share/man/man8/moatctl.8",
+                         "/usr/local/share/man/man5/moat.conf.5" } do
       assert.truthy(lfs.attributes(dest .. f), "missing " .. f)
     end
     assert.equals("directory", lfs.attributes(dest .. "/var/spool/moat", "mode"))
+    -- the installed man pages render without a single groff warning
+    if os.execute("command -v groff >/dev/null 2>&1") then
+      for _, m in ipairs { "man8/moat.8", "man8/moatctl.8", "man5/moat.conf.5" } do
+        local grc, gout = sh("groff -t -man -Tutf8 -ww -z " .. moat.shquote(dest .. "/usr/local/share/man/" .. m))
+        assert.equals(0, grc, gout)
+        assert.equals("", gout, m)
+      end
+    end
     local conf = moat.read_file(dest .. "/etc/moat/moat.conf")
     assert.truthy(conf:find('spool_dir = "/var/spool/moat"', 1, true), conf)
     assert.truthy(conf:find('control_socket = "/run/moat/moat.sock"', 1, true), conf)
