@@ -28,6 +28,9 @@ struct callout_wait *callout_probe(struct event_base *base, const char *address,
 /* The waiter goes away (its session ended); cb never runs.  The probe goes
  * on for the other waiters, if any. */
 void callout_cancel(struct callout_wait *w);
+/* At shutdown, after the sessions are closed: abort and free every probe
+ * still running; no callback runs. */
+void callout_shutdown(void);
 /* Probes running now (for tests and stats). */
 int callout_running(void);
 /* Probes started and requests that joined a running probe, since start. */

@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <sys/resource.h>
 
+#include "callout.h"
 #include "control.h"
 #include "dns.h"
 #include "dnscache.h"
@@ -358,6 +359,7 @@ int main(int argc, char **argv)
     metrics_close();
     watch_stop();
     smtp_close_all();
+    callout_shutdown();        /* after the sessions: they cancel their waits */
     spool_close(srv.spool);    /* finishes queued writes: nothing half-written */
     delivery_stop();
     worker_shutdown();

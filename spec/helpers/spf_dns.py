@@ -2,23 +2,27 @@
 """spec/helpers/spf_dns.py - the OpenSPF test suite's DNS, for the specs.
 
   spf_dns.py dump SUITE.yml            -> JSON on stdout: [ {description, tests} ]
-  spf_dns.py serve SUITE.yml N PORT    -> authoritative UDP server on 127.0.0.1:PORT
-                                          for scenario N's zonedata (1-based)
+  spf_dns.py serve SUITE.yml N PORT    -> authoritative server on 127.0.0.1:PORT,
+                                          UDP and TCP, for scenario N's zonedata
+                                          (1-based)
 
 A test tool, not part of moat.  It answers exactly what the zonedata says:
 A, AAAA, MX, PTR, TXT (several strings per record allowed), CNAME (followed
-inside the zone, as a recursive resolver would), type SPF (99) served as
+inside the zone, as a recursive resolver would; a CNAME loop is SERVFAIL,
+as a recursive resolver says it), type SPF (99) served as
 type 99 only, and TIMEOUT (the name never gets an answer).  A name with no
 records is NXDOMAIN unless some name lies under it (then NOERROR, no data).
 As the suite's header asks of drivers, a name with type SPF records and no
 TXT entry also serves them as TXT; "TXT: NONE" means no TXT at all.
 TIMEOUT applies to the types the name has no records of.
-It prints "ready" once bound.
+A UDP answer over 512 bytes is truncated (TC=1) and served whole over TCP
+on the same port.  It prints "ready" once bound.
 """
 import json
 import socket
 import struct
 import sys
+import threading
 
 import yaml
 
@@ -91,7 +95,7 @@ def zone_of(doc):
     return zone
 
 
-def answer(zone, q):
+def answer(zone, q, tcp=False):
     if len(q) < 12:
         return None
     qid, flags, qd = struct.unpack('!HHH', q[:6])
@@ -120,7 +124,12 @@ def answer(zone, q):
         if not has_type and any(k == 'TIMEOUT' for k, _ in recs):
             return None   # TIMEOUT stands for every type the name has no data of
         cn = [v for k, v in recs if k == 'CNAME']
-        if cn and qtype != TYPES['CNAME'] and cur not in seen and len(seen) < 8:
+        if cn and qtype != TYPES['CNAME']:
+            if cur in seen or len(seen) >= 8:
+                # a CNAME loop (or an absurd chain): a recursive resolver
+                # gives up on it and says SERVFAIL, with no records
+                answers, rcode = [], 2
+                break
             seen.add(cur)
             answers.append((cur, 5, rdata('CNAME', cn[0])))
             cur = cn[0].lower().rstrip('.')
@@ -133,9 +142,53 @@ def answer(zone, q):
     for n, t, rd in answers:
         owner = b'\xc0\x0c' if n == name else enc_name(n)   # compressed: the question's name
         out += owner + struct.pack('!HHIH', t, 1, 0, len(rd)) + rd
-    if len(out) > 512:   # the suite's answers are small; keep UDP honest anyway
-        out = struct.pack('!HHHHHH', qid, 0x8600 | rcode, 1, 0, 0, 0) + question
+    if len(out) > 512 and not tcp:
+        # too big for plain UDP (RFC 1035 4.2.1): truncated (TC=1, question
+        # only), so the resolver asks again over TCP, as a real server makes it
+        out = struct.pack('!HHHHHH', qid, 0x8600 | rcode | (flags & 0x0100), 1, 0, 0, 0) + question
+    elif len(out) > 65535:
+        out = struct.pack('!HHHHHH', qid, 0x8402, 1, 0, 0, 0) + question   # SERVFAIL
     return out
+
+
+def recv_exact(conn, n):
+    buf = b''
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def serve_tcp(zone, conn):
+    """DNS over TCP (RFC 1035 4.2.2): each message has a 2-byte length prefix."""
+    try:
+        conn.settimeout(10)
+        while True:
+            hdr = recv_exact(conn, 2)
+            if hdr is None:
+                return
+            q = recv_exact(conn, struct.unpack('!H', hdr)[0])
+            if q is None:
+                return
+            try:
+                r = answer(zone, q, tcp=True)
+            except Exception as e:
+                print('error:', e, file=sys.stderr, flush=True)
+                r = None
+            if r:   # TIMEOUT: no answer; the resolver's own timeout ends it
+                conn.sendall(struct.pack('!H', len(r)) + r)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def accept_tcp(zone, lsock):
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=serve_tcp, args=(zone, conn), daemon=True).start()
 
 
 def main():
@@ -160,6 +213,12 @@ def main():
     zone = zone_of(docs[int(sys.argv[3]) - 1])
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(('127.0.0.1', int(sys.argv[4])))
+    # the same answers over TCP on the same port, for truncated UDP answers
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(('127.0.0.1', int(sys.argv[4])))
+    lsock.listen(16)
+    threading.Thread(target=accept_tcp, args=(zone, lsock), daemon=True).start()
     print('ready', flush=True)
     while True:
         q, addr = sock.recvfrom(4096)

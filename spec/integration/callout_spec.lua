@@ -153,14 +153,25 @@ describe("reverse connect (integration)", function()
     assert.are.equal("550 5.7.1 s.callout=ok moat.callout=rejected (5.1.1 no such user)", text)
   end)
 
+  -- A second moat on the same DNS and MX; rc: more reverse_connect settings.
+  local function start_own(tag, rc, top)
+    return H.start { tag = tag, policies = { "return_path", "reverse_connect", "relay" },
+                     extra = ('%sdns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
+                              .. 'protection = { reverse_connect = { mode = "reject", port = %d, %s } }\n')
+                       :format(top or "", dns.server, mx.port, rc) }
+  end
+
+  -- A session of srv2 that sent MAIL FROM:<from> (its reply not read).
+  local function mail_pending(srv2, from)
+    local c = H.client(srv2.port, { source = STRANGER })
+    c:ehlo("host.example")
+    c.sock:send("MAIL FROM:<" .. from .. ">\r\n")
+    return c
+  end
+
   it("beyond max_probes running probes: 451 4.1.7 at once, no probe", function()
-    local one = H.start { tag = "callout-max", policies = { "return_path", "reverse_connect", "relay" },
-                          extra = ('dns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
-                                   .. 'protection = { reverse_connect = { mode = "reject", timeout = 2, port = %d, max_probes = 1 } }\n')
-                            :format(dns.server, mx.port) }
-    local a = H.client(one.port, { source = STRANGER })
-    a:ehlo("host.example")
-    a.sock:send("MAIL FROM:<HANG@sender.example>\r\n")
+    local one = start_own("callout-max", "timeout = 2, max_probes = 1")
+    local a = mail_pending(one, "HANG@sender.example")
     assert.is_true(H.poll(function() return probes("HANG@sender.example") == 1 end, 2))
     local socket = require "socket"
     local t0 = socket.gettime()
@@ -172,6 +183,21 @@ describe("reverse connect (integration)", function()
     assert.are.equal(451, (a:read_reply()))
     a:close()
     one:stop()
+  end)
+
+  it("stops cleanly (no leak, no sanitizer report) during a hanging probe", function()
+    -- a probe timeout far beyond the shutdown: the probe is still running
+    -- when moat exits, shared by a session that is gone and one still waiting
+    local one = start_own("callout-stop", "timeout = 60", "shutdown_timeout = 1\n")
+    local gone = mail_pending(one, "hanG@sender.example")
+    assert.is_true(H.poll(function() return probes("hanG@sender.example") == 1 end, 3))
+    local waiting = mail_pending(one, "hanG@sender.example")   -- joins the running probe
+    gone:close()
+    local socket = require "socket"
+    local t0 = socket.gettime()
+    one:stop()            -- errors on a sanitizer report (ASan's leak check) or no exit
+    assert.is_true(socket.gettime() - t0 < 10)
+    waiting:close()
   end)
 
   it("moat --check refuses a bad mode", function()
