@@ -19,6 +19,12 @@ struct shadow_sess {
     int active;         /* a comparison is open for ph */
     int live_done, sh_done;
     struct verdict live, shv;
+    /* data_line: the first verdict the shadow's data_line hooks gave this
+     * message (as the live chain keeps its own), compared once at the dot. */
+    int in_dl;          /* a data_line call of ours is suspended */
+    int dl_closed;      /* the message it was for has ended: drop its result */
+    int dl_have;
+    struct verdict dl_kept;
 };
 
 static const char *const act_names[NACT] = { "none", "accept", "reject", "tempfail", "drop", "discard", "error", "redirect" };
@@ -56,29 +62,34 @@ void (*shadow_on_pair)(enum phase ph, const struct verdict *live, const struct v
 
 int shadow_pending(void) { return S.open; }
 
-static void compare(struct shadow_sess *sh)
+/* Both verdicts of phase ph are known: report them if they differ. */
+static void report(struct shadow_sess *sh, enum phase phase, const struct verdict *a, const struct verdict *b)
 {
-    sh->active = 0;
-    S.open--;
-    const struct verdict *a = &sh->live, *b = &sh->shv;
     if (shadow_on_pair)
-        shadow_on_pair(sh->ph, a, b);
+        shadow_on_pair(phase, a, b);
     if (a->action == b->action && a->code == b->code)
         return;
     char lt[600], st[600], pf[96], ph[16];
     shadow_verdict_text(a, lt, sizeof lt);
     shadow_verdict_text(b, st, sizeof st);
     shadow_policy_file(b, pf, sizeof pf);
-    snprintf(ph, sizeof ph, "%s", phase_names[sh->ph]);
+    snprintf(ph, sizeof ph, "%s", phase_names[phase]);
     log_kv(LOG_INFO, "shadow_diff", "session", sh->id, "phase", ph, "ip", sh->ip, "live", lt,
            "shadow", st, "policy", pf, NULL);
     S.diffs++;
-    S.pairs[sh->ph][a->action][b->action]++;
+    S.pairs[phase][a->action][b->action]++;
     snprintf(S.recent[S.next].line, sizeof S.recent[S.next].line,
              "session=%s phase=%s ip=%s live=\"%.200s\" shadow=\"%.200s\" policy=%s", sh->id, ph, sh->ip, lt, st, pf);
     S.next = (S.next + 1) % RECENT;
     if (S.nrecent < RECENT)
         S.nrecent++;
+}
+
+static void compare(struct shadow_sess *sh)
+{
+    sh->active = 0;
+    S.open--;
+    report(sh, sh->ph, &sh->live, &sh->shv);
 }
 
 static void got_shadow(struct shadow_sess *sh, const struct verdict *v)
@@ -93,7 +104,60 @@ static void got_shadow(struct shadow_sess *sh, const struct verdict *v)
         compare(sh);
 }
 
-static void on_shadow_done(void *owner, const struct verdict *v) { got_shadow(owner, v); }
+static void dl_result(struct shadow_sess *sh, const struct verdict *v)
+{
+    if (v->action == V_ERROR)
+        S.errors++;
+    if (v->action != V_NONE && !sh->dl_have) {
+        sh->dl_kept = *v;
+        sh->dl_have = 1;
+    }
+}
+
+static void on_shadow_done(void *owner, const struct verdict *v)
+{
+    struct shadow_sess *sh = owner;
+    if (sh->in_dl) {
+        sh->in_dl = 0;
+        if (!sh->dl_closed)
+            dl_result(sh, v);
+        return;
+    }
+    got_shadow(sh, v);
+}
+
+void shadow_data_line(struct shadow_sess *sh, const char *line, size_t len, int header)
+{
+    if (!sh || sh->dl_have || !lb_has_phase(sh->lb.rt, PH_DATA_LINE))
+        return;
+    if (sh->lb.running || sh->lb.waiting) {
+        S.skipped++;    /* still on an earlier line: this one is not seen */
+        return;
+    }
+    S.hooks++;
+    sh->dl_closed = 0;
+    sh->in_dl = 1;
+    struct verdict v;
+    if (lb_data_line(&sh->lb, line, len, header, &v)) {
+        sh->in_dl = 0;
+        dl_result(sh, &v);
+    }
+}
+
+void shadow_data_lines_end(struct shadow_sess *sh, const struct verdict *live)
+{
+    if (!sh)
+        return;
+    struct verdict none = { .action = V_NONE };
+    report(sh, PH_DATA_LINE, live ? live : &none, sh->dl_have ? &sh->dl_kept : &none);
+    sh->dl_have = 0;
+    sh->dl_closed = 1;
+}
+
+int shadow_wants_data_line(const struct shadow_sess *sh)
+{
+    return sh && lb_has_phase(sh->lb.rt, PH_DATA_LINE);
+}
 
 struct shadow_sess *shadow_open(struct runtime *rt, const char *id, const char *ip)
 {

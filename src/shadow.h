@@ -29,6 +29,12 @@ struct lb_session *shadow_begin(struct shadow_sess *sh, enum phase ph);
 void shadow_done_now(struct shadow_sess *sh, const struct verdict *v);
 /* The live chain's verdict for ph. */
 void shadow_live(struct shadow_sess *sh, enum phase ph, const struct verdict *v);
+/* data_line runs on the shadow line by line like the live chain (a busy
+ * shadow skips a line); the first verdict it gives is kept and compared
+ * with the live chain's kept verdict (NULL: none) once, at the final dot. */
+void shadow_data_line(struct shadow_sess *sh, const char *line, size_t len, int header);
+void shadow_data_lines_end(struct shadow_sess *sh, const struct verdict *live);
+int shadow_wants_data_line(const struct shadow_sess *sh);
 /* Session-state mirroring (a NULL sh does nothing). */
 struct lb_session *shadow_lb(struct shadow_sess *sh);
 

@@ -983,10 +983,18 @@ static void finish_data_end(struct session *s, const struct verdict *v) { finish
 
 static void finish_data_line(struct session *s, const struct verdict *v);
 
+/* Message lines go to data_line hooks when either chain has one. */
+static int want_data_line(struct session *s)
+{
+    return lb_has_phase(s->rt, PH_DATA_LINE) || shadow_wants_data_line(s->shadow);
+}
+
 static void end_of_data(struct session *s)
 {
     spool_new_id(s->qid);
     s->state = S_RCPT;   /* no more DATA lines */
+    if (want_data_line(s))
+        shadow_data_lines_end(s->shadow, s->kept);
     if (s->have_kept || s->too_big || s->line_too_long) {
         struct verdict none = { .action = V_NONE };
         finish_message(s, s->kept ? s->kept : &none);
@@ -1020,9 +1028,11 @@ static void submit_field(struct session *s)
         return;
     struct verdict v;
     const char *f = (const char *)evbuffer_pullup(s->field, -1);
-    int done = s->have_kept ? 1 : lb_data_line(&s->lb, f, flen, 1, &v);
+    shadow_data_line(s->shadow, f, flen, 1);
+    int live = !s->have_kept && lb_has_phase(s->rt, PH_DATA_LINE);
+    int done = live ? lb_data_line(&s->lb, f, flen, 1, &v) : 1;
     evbuffer_drain(s->field, flen);
-    if (!s->have_kept && hook_wait(s, PH_DATA_LINE, done, &v))
+    if (live && hook_wait(s, PH_DATA_LINE, done, &v))
         finish_data_line(s, &v);
 }
 
@@ -1030,9 +1040,12 @@ static void submit_field(struct session *s)
  * Returns 0 if the session is now waiting for a hook. */
 static int feed_line(struct session *s, const char *line, size_t len, const char *eol, size_t eollen)
 {
-    if (s->have_kept || !lb_has_phase(s->rt, PH_DATA_LINE))
+    if (!want_data_line(s))
         return 1;
     if (!s->in_header) {
+        shadow_data_line(s->shadow, line, len, 0);
+        if (s->have_kept || !lb_has_phase(s->rt, PH_DATA_LINE))
+            return 1;
         struct verdict v;
         if (hook_wait(s, PH_DATA_LINE, lb_data_line(&s->lb, line, len, 0, &v), &v))
             finish_data_line(s, &v);
@@ -1157,7 +1170,7 @@ static int data_step(struct session *s, struct evbuffer *in)
         debugrec_client(s->rec, ".", 1);
         evbuffer_drain(in, linelen);
         /* A message with no blank line ends inside its header. */
-        if (s->in_header && !s->too_big && !s->line_too_long && lb_has_phase(s->rt, PH_DATA_LINE))
+        if (s->in_header && !s->too_big && !s->line_too_long && want_data_line(s))
             submit_field(s);
         if (s->busy)
             s->eod_pending = 1;   /* finish_data_line calls end_of_data */

@@ -76,6 +76,39 @@ describe("moat shadow chain", function()
     assert.not_matches("hook_errors: [1-9]", stats)
   end)
 
+  it("data_line hooks run on the shadow: its verdict kept for the message is compared at the final dot", function()
+    local LINES = [[
+  local moat = require "moat"
+  return { data_line = function(s, line)
+    if line:find("BADWORD", 1, true) then return moat.reject(550, "5.7.1 banned word") end
+  end }
+]]
+    local srv = moat.start { files = { ["next.lua"] = LINES }, extra = shadow_conf() }
+    local c = moat.client(srv.port)
+    assert.equals(250, (c:ehlo()))
+    assert.equals(250, (c:cmd("MAIL FROM:<sender@remote.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    -- a clean message: both chains agree, no difference
+    assert.equals(354, (c:cmd("DATA")))
+    assert(c:send(moat.dot_stuff(moat.message("clean", "nothing here\r\n"))))
+    assert.equals(250, (c:read_reply()))
+    -- the banned word on the third body line: the client still gets 250
+    assert.equals(250, (c:cmd("MAIL FROM:<sender@remote.example>")))
+    assert.equals(250, (c:cmd("RCPT TO:<joe@example.test>")))
+    assert.equals(354, (c:cmd("DATA")))
+    assert(c:send(moat.dot_stuff(moat.message("dirty", "one\r\ntwo\r\nsay BADWORD\r\nfour\r\n"))))
+    assert.equals(250, (c:read_reply()))
+    c:cmd("QUIT")
+    c:close()
+    assert.equals(2, #srv:spool_files())
+    srv:wait_log('event=shadow_diff session=[^ ]+ phase=data_line ip=127%.0%.0%.1 live=none '
+                 .. 'shadow="550 5%.7%.1 banned word" policy=next%.lua')
+    local rc, out = srv:ctl("shadow")
+    assert.equals(0, rc)
+    assert.matches("differences: 1\n", out)
+    assert.matches("diff data_line none%->reject: 1\n", out)
+  end)
+
   it("sample = 0 runs no shadow", function()
     local srv = moat.start { files = { ["next.lua"] = REJECTER }, extra = shadow_conf(0) }
     local rcpt, fin = send_one(srv)
