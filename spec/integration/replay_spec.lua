@@ -238,6 +238,24 @@ describe("moat --replay --shadow", function()
     assert.truthy(out:find("S: 250 2.0.0 Ok: queued as ", 1, true), out)
   end)
 
+  it("shows the shadow's data_line verdict for the message at the final dot", function()
+    local NEXT = [[
+local moat = require "moat"
+return { data_line = function(s, line)
+  if line == "body line" then return moat.reject(550, "5.7.1 no body lines") end
+end }
+]]
+    local dir, conf = H.prepare { tag = "replay", policies = { "relay" }, files = { ["next.lua"] = NEXT },
+                                  extra = 'shadow = { policies = { "relay" }, scripts = { "next.lua" } }' }
+    dirs[#dirs + 1] = dir
+    write(dir .. "/session.smtp", SESSION)
+    local rc, out, err = replay_file(conf, dir .. "/session.smtp", "--shadow")
+    assert.are.equal(0, rc, err)
+    assert.truthy(out:find("C: %(message, 3 lines%)\nS: 250 2%.0%.0 Ok: queued as [^\n]+\n"
+                           .. "   shadow data_line: 550 5.7.1 no body lines %(next.lua%) %[differs%]\n"), out)
+    assert.truthy(out:find("   shadow rcpt: none [same]", 1, true), out)
+  end)
+
   it("refuses --shadow without a shadow configured, and --shadow without --replay", function()
     local dir, conf = H.prepare { tag = "replay", policies = { "relay" } }
     dirs[#dirs + 1] = dir
