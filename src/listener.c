@@ -623,6 +623,21 @@ void listeners_close(void)
         }
 }
 
+int listeners_bound_keys(unsigned char (*keys)[16], int max)
+{
+    int n = 0;
+    for (struct listener_sock *ls = all_socks; ls && n < max; ls = ls->next) {
+        if (!ls->evl)
+            continue;             /* closed by a reload */
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof sa;
+        if (getsockname(evconnlistener_get_fd(ls->evl), (struct sockaddr *)&sa, &len) == 0 &&
+            ip_key_from_sa((struct sockaddr *)&sa, keys[n]) == 0)
+            n++;
+    }
+    return n;
+}
+
 void listeners_free(void)
 {
     while (all_socks) {

@@ -34,6 +34,9 @@ int listeners_apply(const struct config *cfg, char *err, size_t errlen);
  * "Limiting Connections from the same Network Address"): a session that was
  * admitted calls listener_conn_closed when it ends. */
 void listener_conn_closed(const struct listener_sock *ls, const unsigned char key[16]);
+/* The addresses the open sockets are bound to (0.0.0.0 / :: for "all"),
+ * as ip_key_from_sa keys; at most max; returns how many. */
+int listeners_bound_keys(unsigned char (*keys)[16], int max);
 void listeners_close(void);   /* stop accepting */
 void listeners_free(void);    /* after every session has ended */
 

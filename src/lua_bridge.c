@@ -10,7 +10,6 @@
 #include "lua_bridge.h"
 
 #include <event2/event.h>
-#include <ifaddrs.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -25,6 +24,7 @@
 #include "stats.h"
 #include "lineset.h"
 #include "iplist.h"
+#include "ownaddr.h"
 #include "log.h"
 #include "runtime.h"
 #include "server.h"
@@ -475,20 +475,13 @@ static int l_callout_result(lua_State *L)
 
 static int l_is_local_address(lua_State *L)
 {
-    unsigned char want[16], key[16];
+    unsigned char want[16];
     if (ip_key_from_str(luaL_checkstring(L, 1), want) != 0) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    struct ifaddrs *ifs, *i;
-    int found = 0;
-    if (getifaddrs(&ifs) == 0) {
-        for (i = ifs; i && !found; i = i->ifa_next)
-            if (i->ifa_addr && ip_key_from_sa(i->ifa_addr, key) == 0 && memcmp(key, want, 16) == 0)
-                found = 1;
-        freeifaddrs(ifs);
-    }
-    lua_pushboolean(L, found);
+    /* the snapshot taken at start and reload (src/ownaddr.c) */
+    lua_pushboolean(L, ownaddr_contains(want));
     return 1;
 }
 

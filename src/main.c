@@ -11,6 +11,7 @@
 
 #include "callout.h"
 #include "control.h"
+#include "ownaddr.h"
 #include "dns.h"
 #include "dnscache.h"
 #include "listener.h"
@@ -126,6 +127,8 @@ static int reload(char *err, size_t errlen)
         runtime_unref(rt);
         rt = NULL;
     }
+    if (rt)
+        ownaddr_refresh();     /* the sockets (and interfaces) may have changed */
     if (!rt) {
         srv.stats.reloads_failed++;
         log_kv(LOG_ERR, "reload_failed", "error", err, NULL);
@@ -280,6 +283,7 @@ static int start(const char *path, char *err, size_t errlen)
         watch_update(srv.rt);
     if (listeners_open(c, err, errlen) != 0)
         return -1;
+    ownaddr_refresh();         /* Reverse Connect never probes these */
     /* Everything privileged is open; no client byte has been read yet (the
      * event loop has not run).  The worker, spool and delivery threads
      * already exist: glibc's setuid/setgroups change every thread's ids. */

@@ -32,8 +32,10 @@ describe("reverse connect (integration)", function()
   setup(function()
     mx = NH.fake { address = "127.0.0.2" }
     dns = DNS.start {
-      mx = { ["sender.example"] = "mx.sender.example", ["self.example"] = "mx.self.example" },
+      mx = { ["sender.example"] = "mx.sender.example", ["self.example"] = "mx.self.example",
+             ["bound.example"] = "mx.bound.example" },
       a = { ["mx.sender.example"] = "127.0.0.2", ["mx.self.example"] = "127.0.0.1",
+            ["mx.bound.example"] = "127.0.0.5",
             ["bare.example"] = "127.0.0.2" },
     }
     srv = H.start { tag = "callout", policies = { "return_path", "reverse_connect", "relay" },
@@ -198,6 +200,26 @@ describe("reverse connect (integration)", function()
     one:stop()            -- errors on a sanitizer report (ASan's leak check) or no exit
     assert.is_true(socket.gettime() - t0 < 10)
     waiting:close()
+  end)
+
+  it("never probes an address a listener socket is bound to, though no interface has it", function()
+    -- 127.0.0.5 is on no interface (lo lists 127.0.0.1 only), but this moat
+    -- listens on it: its MX there is moat itself, never asked
+    local mx5 = NH.fake { address = "127.0.0.5" }
+    local one = H.start { tag = "callout-bound", policies = { "return_path", "reverse_connect", "relay" },
+                          listener = '{ { port = %PORT%, address = "127.0.0.1" }, { port = %PORT%, address = "127.0.0.5" } }',
+                          extra = ('dns = { servers = { "%s" }, timeout_ms = 200, tries = 1 }\n'
+                                   .. 'protection = { reverse_connect = { mode = "reject", timeout = 2, port = %d } }\n')
+                            :format(dns.server, mx5.port) }
+    local code, text = H.mail_from(one.port, "x@bound.example", { source = STRANGER })
+    assert.are.equal(451, code)
+    assert.matches("^451 4%.1%.7", text)
+    assert.are.equal(0, #mx5:grep("^connect"))
+    -- still so after a reload (the snapshot is taken again)
+    assert.are.equal(0, (one:ctl("reload")))
+    assert.are.equal(451, (H.mail_from(one.port, "y@bound.example", { source = STRANGER })))
+    assert.are.equal(0, #mx5:grep("^connect"))
+    one:stop()
   end)
 
   it("moat --check refuses a bad mode", function()
