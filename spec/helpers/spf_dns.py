@@ -4,7 +4,9 @@
   spf_dns.py dump SUITE.yml            -> JSON on stdout: [ {description, tests} ]
   spf_dns.py serve SUITE.yml N PORT    -> authoritative server on 127.0.0.1:PORT,
                                           UDP and TCP, for scenario N's zonedata
-                                          (1-based)
+                                          (1-based); PORT 0: the server picks
+                                          a port free for both and prints
+                                          `ready PORT`
 
 A test tool, not part of moat.  It answers exactly what the zonedata says:
 A, AAAA, MX, PTR, TXT (several strings per record allowed), CNAME (followed
@@ -191,6 +193,31 @@ def accept_tcp(zone, lsock):
         threading.Thread(target=serve_tcp, args=(zone, conn), daemon=True).start()
 
 
+def bind_pair(port):
+    """A UDP socket and a TCP listener on the same 127.0.0.1 port (answers
+    too big for UDP are asked again over TCP).  PORT 0 picks one: a port the
+    kernel gives us free for UDP may be taken for TCP by another test's
+    server, and a port chosen by the spec beforehand may be taken by the time
+    we bind it, so the choice is made here, where the bind happens, and
+    retried until both protocols have it."""
+    for _ in range(100 if port == 0 else 1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(('127.0.0.1', port))
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lsock.bind(('127.0.0.1', sock.getsockname()[1]))
+        except OSError:
+            sock.close()
+            lsock.close()
+            if port != 0:
+                raise
+            continue
+        lsock.listen(16)
+        return sock, lsock
+    raise OSError('no port free for both UDP and TCP after 100 tries')
+
+
 def main():
     if sys.argv[1] == 'dump':
         docs = load(sys.argv[2])
@@ -211,15 +238,10 @@ def main():
         return
     docs = load(sys.argv[2])
     zone = zone_of(docs[int(sys.argv[3]) - 1])
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(('127.0.0.1', int(sys.argv[4])))
-    # the same answers over TCP on the same port, for truncated UDP answers
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(('127.0.0.1', int(sys.argv[4])))
-    lsock.listen(16)
+    sock, lsock = bind_pair(int(sys.argv[4]))
     threading.Thread(target=accept_tcp, args=(zone, lsock), daemon=True).start()
-    print('ready', flush=True)
+    # the port is printed: with PORT 0 we chose it, and the spec reads it here
+    print('ready', sock.getsockname()[1], flush=True)
     while True:
         q, addr = sock.recvfrom(4096)
         try:
